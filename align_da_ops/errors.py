@@ -1,0 +1,39 @@
+"""Expected failures, each mapped to a CLI exit code. Bugs are not errors here: they crash."""
+
+from __future__ import annotations
+
+
+class AlignDAError(Exception):
+    """Base of every expected, user-facing failure."""
+
+    exit_code = 1
+
+
+class ConfigError(AlignDAError):
+    """A configuration file is missing, unparsable or invalid."""
+
+    exit_code = 2
+
+
+class InputDataError(AlignDAError):
+    """An input file (state store, GRIB, BUFR, restart) is missing or unreadable."""
+
+    exit_code = 3
+
+
+class SchemaError(InputDataError):
+    """Data is readable but does not match the expected state schema (dims, variables, levels)."""
+
+    exit_code = 4
+
+
+class StoreError(AlignDAError):
+    """An output store cannot be created or resumed safely (e.g. it belongs to another run)."""
+
+    exit_code = 5
+
+
+class DeviceError(AlignDAError):
+    """A requested compute device is not available."""
+
+    exit_code = 6
