@@ -20,7 +20,7 @@ config_app = typer.Typer(no_args_is_help=True, help="Validate and show configura
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (ratios measured side by side).")
 app.add_typer(config_app, name="config")
 app.add_typer(bench_app, name="bench")
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 140)
 
 
 @app.callback()

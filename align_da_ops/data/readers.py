@@ -79,8 +79,10 @@ def open_wb2_zarr(path: str | Path) -> xr.Dataset:
     path = Path(path)
     if not path.exists():
         raise InputDataError(f"Zarr store {path} does not exist")
+    # Zarr v3 stores (ours) carry no consolidated metadata; WB2's v2 stores do.
+    consolidated = False if (path / "zarr.json").exists() else None
     try:
-        ds = xr.open_zarr(path, decode_timedelta=False)
+        ds = xr.open_zarr(path, consolidated=consolidated, decode_timedelta=False)
     except Exception as exc:  # zarr raises many types for a broken store
         raise InputDataError(f"cannot open Zarr store {path}: {type(exc).__name__}: {exc}") from None
     ds = _rename(ds)
