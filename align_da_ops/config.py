@@ -140,8 +140,8 @@ class Period(Frozen):
 
     @model_validator(mode="after")
     def _order(self):
-        if self.end <= self.start:
-            raise ValueError(f"end={self.end.isoformat()} must be after start={self.start.isoformat()}")
+        if self.end < self.start:
+            raise ValueError(f"end={self.end.isoformat()} must not be before start={self.start.isoformat()}")
         return self
 
 
