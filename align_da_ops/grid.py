@@ -177,7 +177,7 @@ class StateLayout:
 
 
 def canonicalise(ds: xr.Dataset) -> xr.Dataset:
-    """Latitudes ascending, longitudes in [0, 360) ascending, integer hPa levels."""
+    """Latitudes ascending, longitudes in [0, 360) ascending, integer hPa levels ascending (top first)."""
     for dim in (LAT, LON):
         if dim not in ds.dims:
             raise SchemaError(f"dataset lacks dimension {dim!r}; has {tuple(ds.dims)}")
@@ -185,6 +185,8 @@ def canonicalise(ds: xr.Dataset) -> xr.Dataset:
     ds = ds.assign_coords({LON: lon}).sortby(LON).sortby(LAT)
     if LEVEL in ds.coords:
         ds = ds.assign_coords({LEVEL: ds[LEVEL].values.round().astype(np.int64)})
+        if LEVEL in ds.dims:
+            ds = ds.sortby(LEVEL)
     return ds
 
 
