@@ -37,3 +37,9 @@ class DeviceError(AlignDAError):
     """A requested compute device is not available."""
 
     exit_code = 6
+
+
+class ObservationError(InputDataError):
+    """Observations are unreadable or inconsistent (bad file, bad column, unknown variable)."""
+
+    exit_code = 3

@@ -1,0 +1,407 @@
+"""WMO BUFR -> `ObsBatch` through ecCodes: SYNOP, marine surface, TEMP, aircraft and AMVs.
+
+Contract: `decode_bufr_file(path)` / `decode_bufr_bytes(data)` never raise for bad
+content. Messages are located by their "BUFR" ... "7777" framing; each one is
+decoded on its own, and a message that fails is counted and described in the
+`DecodeReport`, never fatal for the file. Elements a report does not carry are
+not observations and make no rows; reports without a position are skipped and
+counted.
+
+How a message is read: ecCodes unpacks it; we walk its data keys in order
+("#rank#name"), split into subsets, and take values by rank. Single-level
+reports (SYNOP, buoy, aircraft, AMV) use the first occurrence of each element in
+the subset (later ones are gusts, intermediate vectors, extremes...). TEMP
+profiles are walked level by level: every `pressure` opens a level and the
+elements that follow belong to it, so temperature, wind and geopotential
+arrays of unequal length (significant levels, wind-only levels) stay on the
+right pressures. Winds: (speed, direction from) -> u = -s sin d, v = -s cos d;
+geopotential height (gpm) -> geopotential (m2 s-2) with g0 = 9.80665; aircraft
+flight level without pressure -> ISA pressure. Values come from ecCodes in SI
+units (K, Pa, m s-1), which are the schema's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from pathlib import Path
+
+import eccodes
+import numpy as np
+import pandas as pd
+
+from align_da_ops.logs import get_logger
+from align_da_ops.obs.batch import ObsBatch
+
+log = get_logger(__name__)
+G0 = 9.80665
+_MISSING_LONG = eccodes.CODES_MISSING_LONG
+_DECODE_ERRORS = (eccodes.GribInternalError, ValueError, KeyError, IndexError, OverflowError, TypeError)
+_STOP_KEYS = {"dataPresentIndicator", "operator"}  # quality-information sections follow the data
+
+# Observation error std per (obs_type, variable), schema units. Typical operational values
+# (ECMWF/NCEP error tables, rounded); a config may override them.
+DEFAULT_ERRORS: dict[tuple[str, str], float] = {
+    **{(t, "2m_temperature"): 1.5 for t in ("synop", "marine")},
+    **{(t, "surface_pressure"): 100.0 for t in ("synop", "marine")},
+    **{(t, "mean_sea_level_pressure"): 100.0 for t in ("synop", "marine")},
+    **{(t, v): 2.0 for t in ("synop", "marine") for v in ("10m_u_component_of_wind", "10m_v_component_of_wind")},
+    ("temp", "temperature"): 1.0,
+    ("temp", "geopotential"): 100.0,
+    ("temp", "u_component_of_wind"): 2.0,
+    ("temp", "v_component_of_wind"): 2.0,
+    ("aircraft", "temperature"): 1.0,
+    ("aircraft", "u_component_of_wind"): 2.5,
+    ("aircraft", "v_component_of_wind"): 2.5,
+    ("amv", "u_component_of_wind"): 3.5,
+    ("amv", "v_component_of_wind"): 3.5,
+}
+# BUFR data category (Common Code Table C-13) -> our observation type.
+_CATEGORY = {0: "synop", 1: "marine", 2: "temp", 4: "aircraft", 5: "amv"}
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeReport:
+    """What happened to one file: message and report counts, and the problems met."""
+
+    source: str
+    size_bytes: int
+    messages: int  # complete BUFR messages found
+    decoded: int
+    failed: int
+    skipped: int  # supported framing, unsupported data category
+    reports: int
+    observations: int
+    truncated: bool  # the last message runs past the end of the data
+    problems: tuple[str, ...]
+    by_type: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def unusable_reason(self) -> str | None:
+        """Why the whole file must be quarantined, or None when it is usable."""
+        if self.size_bytes == 0:
+            return "empty file (0 bytes)"
+        if self.truncated:
+            return "truncated: " + next(p for p in self.problems if "truncated" in p)
+        if self.messages == 0:
+            return "no complete BUFR message: " + ("; ".join(self.problems[:3]) or "wrong format")
+        if self.decoded == 0:
+            return f"all {self.messages} BUFR messages failed or are unsupported: " + "; ".join(self.problems[:3])
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoded:
+    batch: ObsBatch
+    report: DecodeReport
+
+
+# -- framing ------------------------------------------------------------------------
+def scan_messages(data: bytes) -> tuple[list[bytes], list[str], bool]:
+    """Split raw bytes into complete BUFR messages; returns (messages, problems, truncated)."""
+    messages, problems = [], []
+    pos = data.find(b"BUFR")
+    if pos < 0:
+        head = data[:16]
+        return [], [f"no 'BUFR' marker in {len(data)} bytes (starts with {head!r})"], False
+    while pos >= 0:
+        if pos + 8 > len(data):
+            problems.append(f"truncated: message header at byte {pos} cut off")
+            return messages, problems, True
+        length, edition = int.from_bytes(data[pos + 4 : pos + 7], "big"), data[pos + 7]
+        if edition not in (2, 3, 4) or length < 32:
+            problems.append(f"byte {pos}: bad section 0 (edition {edition}, length {length}); skipped")
+            pos = data.find(b"BUFR", pos + 4)
+            continue
+        end = pos + length
+        if end > len(data):
+            problems.append(f"truncated: message at byte {pos} declares {length} bytes, only {len(data) - pos} present")
+            return messages, problems, True
+        if data[end - 4 : end] != b"7777":
+            problems.append(f"byte {pos}: message of {length} bytes lacks its '7777' end marker; skipped")
+            pos = data.find(b"BUFR", pos + 4)
+            continue
+        messages.append(data[pos:end])
+        pos = data.find(b"BUFR", end)
+    return messages, problems, False
+
+
+# -- one unpacked message -------------------------------------------------------------
+class _Message:
+    """Unpacked message: subsets as ordered (name, rank) lists and values by rank."""
+
+    def __init__(self, handle):
+        self.h = handle
+        self.n = int(eccodes.codes_get(handle, "numberOfSubsets"))
+        self.compressed = int(eccodes.codes_get(handle, "compressedData")) == 1
+        self.groups = self._walk()
+        self._all: dict[str, np.ndarray] = {}
+
+    @property
+    def group_size(self) -> int:
+        return self.n if self.compressed else 1
+
+    def _walk(self) -> list[list[tuple[str, int]]]:
+        it = eccodes.codes_bufr_keys_iterator_new(self.h)
+        groups: list[list[tuple[str, int]]] = [[]]
+        skipping = False
+        try:
+            while eccodes.codes_bufr_keys_iterator_next(it):
+                key = eccodes.codes_bufr_keys_iterator_get_name(it)
+                if key == "subsetNumber":
+                    if groups[-1]:
+                        groups.append([])
+                    skipping = False
+                    continue
+                if skipping or not key.startswith("#") or "->" in key:
+                    continue
+                _, rank, name = key.split("#", 2)
+                if name in _STOP_KEYS:
+                    skipping = True
+                    continue
+                groups[-1].append((name, int(rank)))
+        finally:
+            eccodes.codes_bufr_keys_iterator_delete(it)
+        return [g for g in groups if g]
+
+    def number(self, name: str, rank: int | None) -> np.ndarray:
+        """Float values of occurrence `rank` for the group's subsets; NaN where missing or absent."""
+        if rank is None:
+            return np.full(self.group_size, np.nan)
+        if self.compressed:
+            raw = np.asarray(eccodes.codes_get_array(self.h, f"#{rank}#{name}"))
+        else:
+            if name not in self._all:
+                self._all[name] = np.asarray(eccodes.codes_get_array(self.h, name))
+            arr = self._all[name]
+            raw = arr[rank - 1 : rank] if rank <= len(arr) else np.asarray([eccodes.codes_get(self.h, f"#{rank}#{name}")])
+        out = raw.astype(np.float64)
+        out[(raw == _MISSING_LONG) | (out <= -1e99)] = np.nan
+        return np.broadcast_to(out, (self.group_size,)).copy()
+
+    def string(self, name: str, rank: int | None) -> np.ndarray:
+        if rank is None:
+            return np.full(self.group_size, "")
+        key = f"#{rank}#{name}"
+        if self.compressed:
+            values = [s.strip() for s in eccodes.codes_get_string_array(self.h, key)]
+        else:
+            values = [eccodes.codes_get_string(self.h, key).strip()]
+        return np.broadcast_to(np.asarray(values, dtype=str), (self.group_size,)).copy()
+
+    def header(self, key: str) -> int:
+        return int(eccodes.codes_get(self.h, key))
+
+
+def _first(group: list[tuple[str, int]], *names: str) -> tuple[str, int | None]:
+    """(name, rank) of the earliest occurrence in the subset of any of `names`."""
+    for name, rank in group:
+        if name in names:
+            return name, rank
+    return names[0], None
+
+
+# -- headers -----------------------------------------------------------------------------
+def _station_ids(m: _Message, group) -> np.ndarray:
+    ranks = {name: rank for name, rank in reversed(group)}  # first occurrence wins
+    block = m.number("blockNumber", ranks.get("blockNumber"))
+    number = m.number("stationNumber", ranks.get("stationNumber"))
+    ids = np.asarray(
+        [f"{int(b):02d}{int(s):03d}" if np.isfinite(b) and np.isfinite(s) else "" for b, s in zip(block, number)],
+        dtype=object,
+    )
+    for name in ("shipOrMobileLandStationIdentifier", "aircraftFlightNumber", "aircraftRegistrationNumberOrOtherIdentification"):
+        if name in ranks:
+            ids = np.where(ids == "", m.string(name, ranks[name]), ids)
+    for name, prefix in (("marineObservingPlatformIdentifier", ""), ("satelliteIdentifier", "sat"), ("stationNumber", "")):
+        if name in ranks:
+            vals = m.number(name, ranks[name])
+            alt = np.asarray([f"{prefix}{int(v)}" if np.isfinite(v) else "" for v in vals], dtype=object)
+            ids = np.where(ids == "", alt, ids)
+    return ids.astype(str)
+
+
+def _times(m: _Message, group) -> np.ndarray:
+    """Observation times; date parts the subset lacks come from section 1 (typicalDate/Time)."""
+    date, clock = m.header("typicalDate"), m.header("typicalTime")
+    typical = {"year": date // 10000, "month": date // 100 % 100, "day": date % 100, "hour": clock // 10000, "minute": clock // 100 % 100}
+    parts = {}
+    for unit in ("year", "month", "day", "hour", "minute", "second"):
+        vals = m.number(*_first(group, unit))
+        parts[unit] = np.where(np.isfinite(vals), vals, typical.get(unit, 0)).astype(np.int64)
+    return pd.to_datetime(pd.DataFrame(parts)).to_numpy().astype("datetime64[s]")
+
+
+def _header(m: _Message, group) -> dict[str, np.ndarray]:
+    elevation = m.number(*_first(group, "heightOfStationGroundAboveMeanSeaLevel", "heightOfStation", "heightOfBarometerAboveMeanSeaLevel"))
+    return {
+        "latitude": m.number(*_first(group, "latitude")),
+        "longitude": m.number(*_first(group, "longitude")),
+        "time": _times(m, group),
+        "station": _station_ids(m, group),
+        "elevation": elevation,
+    }
+
+
+# -- element -> rows ------------------------------------------------------------------------
+class _Rows:
+    """Accumulates observation rows (one scalar per row) column by column."""
+
+    def __init__(self):
+        self.cols: dict[str, list] = {k: [] for k in ("latitude", "longitude", "pressure", "elevation", "time", "variable", "value", "obs_type", "station", "report")}
+
+    def add(self, head: dict, index: np.ndarray, variable: str, values: np.ndarray, pressure, obs_type: str, report: np.ndarray):
+        ok = np.isfinite(values) & np.isfinite(head["latitude"][index]) & np.isfinite(head["longitude"][index])
+        if not ok.any():
+            return
+        idx = index[ok]
+        p = np.broadcast_to(np.asarray(pressure, dtype=np.float64), values.shape)[ok]
+        for key in ("latitude", "longitude", "elevation", "time", "station"):
+            self.cols[key].append(head[key][idx])
+        self.cols["pressure"].append(p)
+        self.cols["value"].append(values[ok])
+        self.cols["variable"].append(np.full(ok.sum(), variable))
+        self.cols["obs_type"].append(np.full(ok.sum(), obs_type))
+        self.cols["report"].append(report[ok])
+
+    def add_wind(self, head, index, speed, direction, pressure, obs_type, report, surface: bool):
+        """Meteorological (speed, direction-from) -> (u, v); calm (speed 0) has no direction."""
+        rad = np.deg2rad(direction)
+        calm = speed == 0.0
+        u = np.where(calm, 0.0, -speed * np.sin(rad))
+        v = np.where(calm, 0.0, -speed * np.cos(rad))
+        names = ("10m_u_component_of_wind", "10m_v_component_of_wind") if surface else ("u_component_of_wind", "v_component_of_wind")
+        self.add(head, index, names[0], u, pressure, obs_type, report)
+        self.add(head, index, names[1], v, pressure, obs_type, report)
+
+    def batch(self) -> ObsBatch:
+        if not self.cols["value"]:
+            return ObsBatch.empty()
+        cols = {k: np.concatenate(v) for k, v in self.cols.items()}
+        errors = np.asarray([DEFAULT_ERRORS.get((t, v), np.nan) for t, v in zip(cols["obs_type"], cols["variable"])])
+        return ObsBatch.from_columns(**cols, error=errors)
+
+
+def isa_pressure(height_m: np.ndarray) -> np.ndarray:
+    """ICAO standard-atmosphere pressure (Pa) at a pressure altitude / flight level in metres."""
+    h = np.asarray(height_m, dtype=np.float64)
+    troposphere = 101325.0 * (1.0 - 2.25577e-5 * np.minimum(h, 11000.0)) ** 5.25588
+    return np.where(h <= 11000.0, troposphere, 22632.06 * np.exp(-(h - 11000.0) / 6341.62))
+
+
+def _single_level(m: _Message, group, head, rows: _Rows, obs_type: str, report: np.ndarray) -> None:
+    idx = np.arange(m.group_size)
+    surface = obs_type in ("synop", "marine")
+    speed = m.number(*_first(group, "windSpeedAt10M", "windSpeed"))
+    direction = m.number(*_first(group, "windDirectionAt10M", "windDirection"))
+    if surface:
+        nan = np.nan
+        rows.add(head, idx, "2m_temperature", m.number(*_first(group, "airTemperatureAt2M", "airTemperature")), nan, obs_type, report)
+        rows.add(head, idx, "surface_pressure", m.number(*_first(group, "nonCoordinatePressure")), nan, obs_type, report)
+        rows.add(head, idx, "mean_sea_level_pressure", m.number(*_first(group, "pressureReducedToMeanSeaLevel")), nan, obs_type, report)
+        rows.add_wind(head, idx, speed, direction, nan, obs_type, report, surface=True)
+        return
+    pressure = m.number(*_first(group, "pressure"))
+    flight_level = m.number(*_first(group, "flightLevel"))
+    pressure = np.where(np.isfinite(pressure), pressure, isa_pressure(flight_level))
+    if obs_type == "aircraft":
+        rows.add(head, idx, "temperature", m.number(*_first(group, "airTemperature")), pressure, obs_type, report)
+    rows.add_wind(head, idx, speed, direction, pressure, obs_type, report, surface=False)
+
+
+_LEVEL_KEYS = {"airTemperature", "nonCoordinateGeopotential", "nonCoordinateGeopotentialHeight", "windSpeed", "windDirection", "latitudeDisplacement", "longitudeDisplacement", "timePeriod"}
+
+
+def _profile(m: _Message, group, head, rows: _Rows, report: np.ndarray) -> None:
+    """TEMP: walk the replicated levels; each `pressure` opens a level."""
+    levels: list[dict[str, int]] = []
+    pending: dict[str, int] = {}
+    for name, rank in group:
+        if name == "pressure":
+            levels.append({"pressure": rank, **pending})
+            pending = {}
+        elif name == "timePeriod":  # 309052: the level's time offset precedes its pressure
+            pending.setdefault(name, rank)
+        elif name in _LEVEL_KEYS and levels:
+            levels[-1].setdefault(name, rank)
+    idx = np.arange(m.group_size)
+    for level in levels:
+        p = m.number("pressure", level["pressure"])
+        here = dict(head)
+        for disp, key in (("latitudeDisplacement", "latitude"), ("longitudeDisplacement", "longitude")):
+            if disp in level:
+                d = m.number(disp, level[disp])
+                here[key] = head[key] + np.where(np.isfinite(d), d, 0.0)
+        if "timePeriod" in level:
+            dt = m.number("timePeriod", level["timePeriod"])
+            here["time"] = head["time"] + np.where(np.isfinite(dt), dt, 0).astype("timedelta64[s]")
+        rows.add(here, idx, "temperature", m.number("airTemperature", level.get("airTemperature")), p, "temp", report)
+        z = m.number("nonCoordinateGeopotential", level.get("nonCoordinateGeopotential"))
+        if "nonCoordinateGeopotentialHeight" in level:
+            z = np.where(np.isfinite(z), z, G0 * m.number("nonCoordinateGeopotentialHeight", level["nonCoordinateGeopotentialHeight"]))
+        rows.add(here, idx, "geopotential", z, p, "temp", report)
+        speed = m.number("windSpeed", level.get("windSpeed"))
+        rows.add_wind(here, idx, speed, m.number("windDirection", level.get("windDirection")), p, "temp", report, surface=False)
+
+
+def _decode_message(message: bytes, rows: _Rows, next_report: int) -> tuple[str | None, int, int]:
+    """Add the message's rows; returns (obs_type or None if unsupported, reports, reports without position)."""
+    handle = eccodes.codes_new_from_message(message)
+    try:
+        eccodes.codes_set(handle, "unpack", 1)
+        m = _Message(handle)
+        obs_type = _CATEGORY.get(m.header("dataCategory"))
+        names = {name for g in m.groups for name, _ in g}
+        if obs_type is None or (obs_type == "amv" and "windSpeed" not in names):
+            return None, 0, 0
+        reports = unplaced = 0
+        for group in m.groups:
+            head = _header(m, group)
+            report = next_report + reports + np.arange(m.group_size)
+            unplaced += int((~np.isfinite(head["latitude"]) | ~np.isfinite(head["longitude"])).sum())
+            if obs_type == "temp":
+                _profile(m, group, head, rows, report)
+            else:
+                _single_level(m, group, head, rows, obs_type, report)
+            reports += m.group_size
+        return obs_type, reports, unplaced
+    finally:
+        eccodes.codes_release(handle)
+
+
+def decode_bufr_bytes(data: bytes, source: str = "<bytes>") -> Decoded:
+    """Decode every BUFR message in `data`; bad messages are counted in the report, never raised."""
+    messages, problems, truncated = scan_messages(data)
+    rows, by_type = _Rows(), Counter()
+    decoded = failed = skipped = reports = 0
+    for i, message in enumerate(messages):
+        try:
+            obs_type, n_reports, unplaced = _decode_message(message, rows, reports)
+        except _DECODE_ERRORS as exc:
+            failed += 1
+            problems.append(f"message {i + 1}: decode failed: {type(exc).__name__}: {exc}")
+            continue
+        if obs_type is None:
+            skipped += 1
+            problems.append(f"message {i + 1}: unsupported data category; skipped")
+            continue
+        decoded += 1
+        reports += n_reports
+        by_type[obs_type] += n_reports
+        if unplaced:
+            problems.append(f"message {i + 1}: {unplaced} reports without latitude/longitude; skipped")
+    batch = rows.batch()
+    report = DecodeReport(source, len(data), len(messages), decoded, failed, skipped, reports, len(batch), truncated, tuple(problems), dict(by_type))
+    if problems:
+        log.info("bufr_problems", source=source, n=len(problems), first=problems[0])
+    return Decoded(batch, report)
+
+
+def decode_bufr_file(path: Path) -> Decoded:
+    """Decode a file; an unreadable path is reported (not raised) like bad content."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        report = DecodeReport(str(path), 0, 0, 0, 0, 0, 0, 0, False, (f"cannot read: {exc}",))
+        return Decoded(ObsBatch.empty(), report)
+    return decode_bufr_bytes(data, source=str(path))
