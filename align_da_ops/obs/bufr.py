@@ -30,6 +30,7 @@ import eccodes
 import numpy as np
 import pandas as pd
 
+from align_da_ops.grid import VARIABLES
 from align_da_ops.logs import get_logger
 from align_da_ops.obs.batch import ObsBatch
 
@@ -81,7 +82,7 @@ class DecodeReport:
         if self.size_bytes == 0:
             return "empty file (0 bytes)"
         if self.truncated:
-            return "truncated: " + next(p for p in self.problems if "truncated" in p)
+            return next(p for p in self.problems if p.startswith("truncated"))
         if self.messages == 0:
             return "no complete BUFR message: " + ("; ".join(self.problems[:3]) or "wrong format")
         if self.decoded == 0:
@@ -247,14 +248,20 @@ class _Rows:
     """Accumulates observation rows (one scalar per row) column by column."""
 
     def __init__(self):
+        self.no_pressure = 0
         self.cols: dict[str, list] = {k: [] for k in ("latitude", "longitude", "pressure", "elevation", "time", "variable", "value", "obs_type", "station", "report")}
 
     def add(self, head: dict, index: np.ndarray, variable: str, values: np.ndarray, pressure, obs_type: str, report: np.ndarray):
         ok = np.isfinite(values) & np.isfinite(head["latitude"][index]) & np.isfinite(head["longitude"][index])
+        p = np.broadcast_to(np.asarray(pressure, dtype=np.float64), values.shape)
+        if VARIABLES[variable].upper_air:  # e.g. a TEMP level reported at 0 Pa: no vertical position
+            bad = ok & ~(p > 0.0)
+            self.no_pressure += int(bad.sum())
+            ok &= ~bad
         if not ok.any():
             return
         idx = index[ok]
-        p = np.broadcast_to(np.asarray(pressure, dtype=np.float64), values.shape)[ok]
+        p = p[ok]
         for key in ("latitude", "longitude", "elevation", "time", "station"):
             self.cols[key].append(head[key][idx])
         self.cols["pressure"].append(p)
@@ -389,6 +396,8 @@ def decode_bufr_bytes(data: bytes, source: str = "<bytes>") -> Decoded:
         by_type[obs_type] += n_reports
         if unplaced:
             problems.append(f"message {i + 1}: {unplaced} reports without latitude/longitude; skipped")
+    if rows.no_pressure:
+        problems.append(f"{rows.no_pressure} upper-air values without a valid pressure (e.g. 0 Pa); skipped")
     batch = rows.batch()
     report = DecodeReport(source, len(data), len(messages), decoded, failed, skipped, reports, len(batch), truncated, tuple(problems), dict(by_type))
     if problems:
