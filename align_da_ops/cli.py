@@ -91,6 +91,28 @@ def spinup(
     out.print(f"wrote {output} ({core.spec.signature()}, {days:g} days)")
 
 
+@app.command("stats")
+def stats(
+    config: Path,
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Zarr store for the statistics."),
+):
+    """Per-channel normalisation statistics over the training split of the configured data."""
+    from align_da_ops.data import sources
+
+    cfg = load_config(config)
+    layout = sources.layout_of(cfg)
+    train = cfg.splits.train
+    result = sources.compute_normalization(sources.open_states(cfg), layout, train.start, train.end)
+    target = output or sources.normalization_path(cfg)
+    sources.write_normalization(result, target)
+    table = Table(title=f"normalisation over {train.start:%Y-%m-%d %H}Z .. {train.end:%Y-%m-%d %H}Z -> {target}")
+    for col in ("channel", "mean", "std"):
+        table.add_column(col)
+    for name, m, s in zip(result.channels, result.mean, result.std):
+        table.add_row(name, f"{m:.6g}", f"{s:.6g}")
+    out.print(table)
+
+
 # -- inspect -----------------------------------------------------------------------------
 @app.command("inspect")
 def inspect(

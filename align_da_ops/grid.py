@@ -206,7 +206,7 @@ class Normalization:
         c = x.shape[-3]
         flat = x.movedim(-3, 0).reshape(c, -1).double()
         mean = flat.mean(1).numpy()
-        std = flat.std(1).numpy()
+        std = flat.std(1, correction=0).numpy()
         std = np.where(std > 0, std, 1.0)
         return cls(tuple(channels), mean, std, period)
 

@@ -116,3 +116,37 @@ def test_check_plausible_catches_nan_and_range():
         readers.check_plausible(ds.where(ds > 300))
     with pytest.raises(SchemaError, match="outside plausible range"):
         readers.check_plausible(ds + 200)
+
+
+def test_open_states_and_stats_for_a_wb2_config(tmp_path, monkeypatch):
+    """A WB2-sourced config: open_states selects and checks; `align-da stats` writes readable statistics."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from align_da_ops.cli import app
+    from align_da_ops.config import load_config
+    from align_da_ops.data import sources
+
+    _wb2_store(tmp_path / "wb2.zarr")
+    raw = {
+        "name": "wb2-test",
+        "state": {"upper_air": ["temperature"], "surface": ["2m_temperature"], "levels": [500, 850],
+                  "grid": {"kind": "equiangular", "nlat": 8, "nlon": 16}},
+        "data": {"kind": "wb2_zarr", "path": str(tmp_path / "wb2.zarr")},
+        "splits": {"train": {"start": "2019-01-01T00:00:00", "end": "2019-01-01T12:00:00"},
+                   "validation": {"start": "2019-01-01T18:00:00", "end": "2019-01-01T18:00:00"},
+                   "test": {"start": "2019-01-02T00:00:00", "end": "2019-01-02T00:00:00"}},
+    }
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(path)
+    ds = sources.open_states(cfg)
+    assert list(ds.data_vars) == ["temperature", "2m_temperature"] and list(ds.level.values) == [500, 850]
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["stats", str(path)])
+    assert res.exit_code == 0, res.output
+    stats = sources.read_normalization(tmp_path / "data" / "wb2-test" / "normalization.zarr")
+    train = ds.sel(time=slice("2019-01-01T00", "2019-01-01T12"))
+    np.testing.assert_allclose(stats.mean[1], float(train["temperature"].sel(level=850).mean()), rtol=1e-6)
+    np.testing.assert_allclose(stats.std[2], float(train["2m_temperature"].std()), rtol=1e-5)
+    assert stats.channels == ("temperature_500", "temperature_850", "2m_temperature")

@@ -30,12 +30,12 @@ from align_da_ops import grid
 from align_da_ops.config import ExperimentConfig, HeldSuarezConfig, config_hash
 from align_da_ops.data.dycore import CoreSpec, HeldSuarezCore
 from align_da_ops.data.restarts import find_spun_up, load_restart, save_restart
+from align_da_ops.data.sources import compute_normalization, layout_of, write_normalization
 from align_da_ops.devices import resolve_device
 from align_da_ops.errors import ConfigError, StoreError
 from align_da_ops.logs import get_logger
 from align_da_ops.vertical import interp_log_pressure
 
-NORMALIZATION_GROUP = "normalization"
 log = get_logger(__name__)
 
 _FIELD_OF = {
@@ -53,10 +53,6 @@ def progress_file(store: Path) -> Path:
 
 def build_core(nr: HeldSuarezConfig, device: torch.device) -> HeldSuarezCore:
     return HeldSuarezCore(CoreSpec(nr.truncation, nr.layers), nr.dt_minutes, device=device)
-
-
-def layout_of(cfg: ExperimentConfig) -> grid.StateLayout:
-    return grid.StateLayout(tuple(cfg.state.upper_air), tuple(cfg.state.surface), tuple(cfg.state.levels))
 
 
 def pressure_level_tensor(core: HeldSuarezCore, state, layout: grid.StateLayout) -> torch.Tensor:
@@ -243,10 +239,8 @@ def _finish(store: Path, cfg: ExperimentConfig, layout: grid.StateLayout) -> Non
     ds = open_nature_run(store)
     if not ds.attrs.get("complete"):
         train = cfg.splits.train
-        sel = ds.sel({grid.TIME: slice(train.start, train.end)})
-        tensor, _ = layout.to_tensor(sel.load())
-        stats = grid.Normalization.from_tensor(tensor, layout.channels, (train.start.isoformat(), train.end.isoformat()))
-        stats.to_dataset().to_zarr(store, group=NORMALIZATION_GROUP, mode="w", zarr_format=3, consolidated=False)
+        truth = ds.isel({grid.MEMBER: cfg.data.member if cfg.data.kind == "nature_run" else 0})
+        write_normalization(compute_normalization(truth, layout, train.start, train.end), store)
         root = zarr.open_group(store, mode="r+")
         root.attrs["complete"] = 1
         log.info("nature_run_complete", store=str(store))
@@ -254,7 +248,3 @@ def _finish(store: Path, cfg: ExperimentConfig, layout: grid.StateLayout) -> Non
 
 def open_nature_run(path: Path) -> xr.Dataset:
     return xr.open_zarr(path, consolidated=False)
-
-
-def read_normalization(path: Path) -> grid.Normalization:
-    return grid.Normalization.from_dataset(xr.open_zarr(path, group=NORMALIZATION_GROUP, consolidated=False))
