@@ -20,6 +20,10 @@ config_app = typer.Typer(no_args_is_help=True, help="Validate and show configura
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (ratios measured side by side).")
 app.add_typer(config_app, name="config")
 app.add_typer(bench_app, name="bench")
+from align_da_ops.obs.cli import bench_obs, obs_app  # noqa: E402  (light: heavy imports live inside the commands)
+
+app.add_typer(obs_app, name="obs")
+bench_app.command("obs")(bench_obs)
 out = Console(width=None if sys.stdout.isatty() else 140)
 
 

@@ -8,7 +8,7 @@ import torch
 
 from align_da_ops.errors import SchemaError
 from align_da_ops.obs.operators import GridInterpolator, ObservationOperator
-from tests.obs.conftest import LEVELS, make_batch
+from obs_factories import LEVELS, make_batch
 
 UPPER = ("geopotential", "temperature", "u_component_of_wind", "v_component_of_wind")
 

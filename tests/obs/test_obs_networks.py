@@ -146,3 +146,19 @@ def test_station_csv_is_the_documented_rule_plus_decoded_bufr_stations():
     assert 300 <= len(shipped) <= 1000 and shipped.upper_air.sum() >= 100
     lat, _ = fibonacci_lattice(10000)
     assert abs(np.mean(np.sin(np.radians(lat)))) < 1e-3  # near-equal-area lattice
+
+
+@pytest.mark.slow
+def test_draw_from_the_real_tiny_nature_run(tiny_nature_run):
+    """The Held–Suarez store: its layout, times and fields feed the networks (slow: the fixture runs the core)."""
+    from align_da_ops.data.nature_run import open_nature_run
+    from align_da_ops.obs.operators import GridInterpolator
+
+    truth = Truth.from_dataset(open_nature_run(tiny_nature_run).load())
+    assert truth.layout.surface == ("surface_pressure",) and truth.states.shape[0] == len(truth.times)
+    cycle = truth.times[2]
+    d = draw_network(RandomMaskNetwork(fraction=0.02, noise=False), truth, cycle)
+    op = GridInterpolator(truth.layout, truth.latitudes, truth.longitudes)
+    np.testing.assert_array_equal(d.batch.value, op(truth.states[2], d.batch).numpy())
+    z500 = d.batch.value[(d.batch.variable == "geopotential") & (d.batch.pressure == 50000.0)]
+    assert 4.5e4 < z500.min() and z500.max() < 6.0e4  # Held–Suarez z500 5040-5800 m

@@ -12,7 +12,7 @@ from align_da_ops.errors import ObservationError
 from align_da_ops.grid import VARIABLES
 from align_da_ops.obs.batch import ObsBatch, QCFlag
 from align_da_ops.obs.ioda import read_ioda, write_ioda
-from tests.obs.conftest import make_batch
+from obs_factories import make_batch
 
 _floats = st.floats(allow_nan=False, allow_infinity=False, width=64)
 

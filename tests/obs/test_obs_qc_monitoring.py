@@ -14,7 +14,7 @@ from align_da_ops.obs.batch import QCFlag
 from align_da_ops.obs.config import QCConfig
 from align_da_ops.obs.monitoring import STAT_COLUMNS, departure_statistics, level_bands
 from align_da_ops.obs.operators import GridInterpolator
-from tests.obs.conftest import make_batch
+from obs_factories import make_batch
 
 T0 = np.datetime64("2000-01-01T06:00:00", "s")
 
