@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from align_da_ops.cli import app
 
-from conftest import tiny_config_dict
+from factories import tiny_config_dict
 
 runner = CliRunner()
 

@@ -21,7 +21,7 @@ from align_da_ops.data.plausibility import check_report, climate_report
 from align_da_ops.data.sources import layout_of, read_normalization
 from align_da_ops.errors import StoreError
 
-from conftest import tiny_config, tiny_config_dict
+from factories import tiny_config, tiny_config_dict
 
 
 class Killed(Exception):
