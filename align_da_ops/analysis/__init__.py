@@ -1,0 +1,1 @@
+"""Analysis methods: background-only, 3D-Var, latent diffusion (Align-DA)."""

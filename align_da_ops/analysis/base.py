@@ -1,0 +1,48 @@
+"""The contract every analysis method meets, and the trivial background-only method.
+
+`AnalysisMethod.analyse(background, obs, operator, generator)` is pure: no I/O,
+no global state; randomness only through `generator` (seeded by the engine from
+(experiment, cycle, member)). Inputs:
+- `background`: (channel, lat, lon) tensor in physical units (the schema layout);
+- `obs`: the observations to assimilate (all rows passed QC);
+- `operator`: H prepared for exactly those rows: `operator(x)` maps
+  (*leading, channel, lat, lon) -> (*leading, n_obs), differentiable, linear;
+- `generator`: a torch.Generator for stochastic methods.
+Output: `AnalysisResult` with the analysis (the ensemble mean where there is an
+ensemble), optional members (N, channel, lat, lon) and scalar diagnostics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from align_da_ops.obs.batch import ObsBatch
+from align_da_ops.obs.operators import PreparedOperator
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisResult:
+    analysis: torch.Tensor
+    members: torch.Tensor | None = None
+    diagnostics: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+@runtime_checkable
+class AnalysisMethod(Protocol):
+    name: str
+
+    def analyse(
+        self, background: torch.Tensor, obs: ObsBatch, operator: PreparedOperator, generator: torch.Generator
+    ) -> AnalysisResult: ...
+
+
+class BackgroundOnly:
+    """No assimilation: the analysis is the background (the free-running reference)."""
+
+    name = "background_only"
+
+    def analyse(self, background, obs, operator, generator) -> AnalysisResult:
+        return AnalysisResult(analysis=background.clone(), diagnostics={"n_obs": float(len(obs))})
