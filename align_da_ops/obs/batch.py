@@ -105,7 +105,9 @@ class ObsBatch:
             lat.flags.writeable = False
             object.__setattr__(self, "latitude", lat)
         if np.any(self.pressure <= 0) or np.any(np.isinf(self.pressure)):
-            raise ObservationError(f"pressures must be positive (Pa) or NaN at the surface; got {self.pressure[~(self.pressure > 0)][:5]}")
+            raise ObservationError(
+                f"pressures must be positive (Pa) or NaN at the surface; got {self.pressure[~(self.pressure > 0)][:5]}"
+            )
         if np.any(~np.isfinite(self.longitude)):
             raise ObservationError("longitudes must be finite")
         lon = np.mod(self.longitude, 360.0)
@@ -121,7 +123,7 @@ class ObsBatch:
 
     # -- construction -------------------------------------------------------------
     @classmethod
-    def from_columns(cls, **columns) -> "ObsBatch":
+    def from_columns(cls, **columns) -> ObsBatch:
         """Build from column arrays; qc defaults to PASS (MISSING where value is NaN), elevation to NaN."""
         missing = [c for c in COLUMNS if c not in columns and c not in ("qc", "elevation", "report", "station")]
         if missing:
@@ -143,11 +145,11 @@ class ObsBatch:
         return cls(**{c: columns[c] for c in COLUMNS})
 
     @classmethod
-    def empty(cls) -> "ObsBatch":
+    def empty(cls) -> ObsBatch:
         return cls(**{c: np.asarray([], dtype=(str if k == "str" else k)) for c, k in COLUMNS.items()})
 
     @classmethod
-    def concat(cls, batches: Iterable["ObsBatch"]) -> "ObsBatch":
+    def concat(cls, batches: Iterable[ObsBatch]) -> ObsBatch:
         """Rows of all batches in order; report numbers are offset so reports stay distinct."""
         batches = [b for b in batches if len(b)]
         if not batches:
@@ -180,14 +182,14 @@ class ObsBatch:
         table = {name: info.units for name, info in VARIABLES.items()}
         return np.asarray([table[v] for v in self.variable], dtype=str) if len(self) else np.asarray([], dtype=str)
 
-    def select(self, index) -> "ObsBatch":
+    def select(self, index) -> ObsBatch:
         """Rows picked by a boolean mask or an integer index array."""
         return ObsBatch(**{c: getattr(self, c)[index] for c in COLUMNS})
 
-    def replace(self, **columns) -> "ObsBatch":
+    def replace(self, **columns) -> ObsBatch:
         return dataclasses.replace(self, **columns)
 
-    def flag(self, mask: np.ndarray, flag: QCFlag) -> "ObsBatch":
+    def flag(self, mask: np.ndarray, flag: QCFlag) -> ObsBatch:
         """Set `flag` where `mask` is true and the row still passes (the first failed check wins)."""
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != (len(self),):
@@ -205,7 +207,7 @@ class ObsBatch:
         df["qc_flag"] = [QCFlag(int(q)).name.lower() for q in self.qc]
         return df
 
-    def equals(self, other: "ObsBatch") -> bool:
+    def equals(self, other: ObsBatch) -> bool:
         """Column-wise equality, NaN equal to NaN."""
         if len(self) != len(other):
             return False

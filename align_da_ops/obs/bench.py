@@ -33,7 +33,15 @@ def bench_decode(files: list[Path], repeats: int = 3) -> list[dict]:
             decoded = decode_bufr_bytes(data, source=str(path))
             best = min(best, time.perf_counter() - t0)
         r = decoded.report
-        rows.append({"file": Path(path).name, "messages": r.messages, "reports": r.reports, "observations": r.observations, "seconds": best})
+        rows.append(
+            {
+                "file": Path(path).name,
+                "messages": r.messages,
+                "reports": r.reports,
+                "observations": r.observations,
+                "seconds": best,
+            }
+        )
     total = {k: sum(r[k] for r in rows) for k in ("messages", "reports", "observations", "seconds")}
     rows.append({"file": "total", **total})
     for r in rows:
@@ -95,12 +103,8 @@ def bench_operator(
         prepared = op.prepare(obs, device)
         state = torch.randn((members, *op.state_shape), device=device, requires_grad=True)
         with torch.no_grad():
-            apply_s = _best(lambda: prepared(state), device, repeats)
-
-        def fwd_bwd():
-            prepared(state).sum().backward()
-
-        grad_s = _best(fwd_bwd, device, repeats)
+            apply_s = _best(lambda p=prepared, x=state: p(x), device, repeats)
+        grad_s = _best(lambda p=prepared, x=state: p(x).sum().backward(), device, repeats)
         rows.append(
             {
                 "device": name,

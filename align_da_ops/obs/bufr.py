@@ -174,7 +174,9 @@ class _Message:
             if name not in self._all:
                 self._all[name] = np.asarray(eccodes.codes_get_array(self.h, name))
             arr = self._all[name]
-            raw = arr[rank - 1 : rank] if rank <= len(arr) else np.asarray([eccodes.codes_get(self.h, f"#{rank}#{name}")])
+            raw = (
+                arr[rank - 1 : rank] if rank <= len(arr) else np.asarray([eccodes.codes_get(self.h, f"#{rank}#{name}")])
+            )
         out = raw.astype(np.float64)
         out[(raw == _MISSING_LONG) | (out <= -1e99)] = np.nan
         return np.broadcast_to(out, (self.group_size,)).copy()
@@ -210,10 +212,18 @@ def _station_ids(m: _Message, group) -> np.ndarray:
         [f"{int(b):02d}{int(s):03d}" if np.isfinite(b) and np.isfinite(s) else "" for b, s in zip(block, number)],
         dtype=object,
     )
-    for name in ("shipOrMobileLandStationIdentifier", "aircraftFlightNumber", "aircraftRegistrationNumberOrOtherIdentification"):
+    for name in (
+        "shipOrMobileLandStationIdentifier",
+        "aircraftFlightNumber",
+        "aircraftRegistrationNumberOrOtherIdentification",
+    ):
         if name in ranks:
             ids = np.where(ids == "", m.string(name, ranks[name]), ids)
-    for name, prefix in (("marineObservingPlatformIdentifier", ""), ("satelliteIdentifier", "sat"), ("stationNumber", "")):
+    for name, prefix in (
+        ("marineObservingPlatformIdentifier", ""),
+        ("satelliteIdentifier", "sat"),
+        ("stationNumber", ""),
+    ):
         if name in ranks:
             vals = m.number(name, ranks[name])
             alt = np.asarray([f"{prefix}{int(v)}" if np.isfinite(v) else "" for v in vals], dtype=object)
@@ -224,7 +234,13 @@ def _station_ids(m: _Message, group) -> np.ndarray:
 def _times(m: _Message, group) -> np.ndarray:
     """Observation times; date parts the subset lacks come from section 1 (typicalDate/Time)."""
     date, clock = m.header("typicalDate"), m.header("typicalTime")
-    typical = {"year": date // 10000, "month": date // 100 % 100, "day": date % 100, "hour": clock // 10000, "minute": clock // 100 % 100}
+    typical = {
+        "year": date // 10000,
+        "month": date // 100 % 100,
+        "day": date % 100,
+        "hour": clock // 10000,
+        "minute": clock // 100 % 100,
+    }
     parts = {}
     for unit in ("year", "month", "day", "hour", "minute", "second"):
         vals = m.number(*_first(group, unit))
@@ -233,7 +249,11 @@ def _times(m: _Message, group) -> np.ndarray:
 
 
 def _header(m: _Message, group) -> dict[str, np.ndarray]:
-    elevation = m.number(*_first(group, "heightOfStationGroundAboveMeanSeaLevel", "heightOfStation", "heightOfBarometerAboveMeanSeaLevel"))
+    elevation = m.number(
+        *_first(
+            group, "heightOfStationGroundAboveMeanSeaLevel", "heightOfStation", "heightOfBarometerAboveMeanSeaLevel"
+        )
+    )
     return {
         "latitude": m.number(*_first(group, "latitude")),
         "longitude": m.number(*_first(group, "longitude")),
@@ -249,9 +269,32 @@ class _Rows:
 
     def __init__(self):
         self.no_pressure = 0
-        self.cols: dict[str, list] = {k: [] for k in ("latitude", "longitude", "pressure", "elevation", "time", "variable", "value", "obs_type", "station", "report")}
+        self.cols: dict[str, list] = {
+            k: []
+            for k in (
+                "latitude",
+                "longitude",
+                "pressure",
+                "elevation",
+                "time",
+                "variable",
+                "value",
+                "obs_type",
+                "station",
+                "report",
+            )
+        }
 
-    def add(self, head: dict, index: np.ndarray, variable: str, values: np.ndarray, pressure, obs_type: str, report: np.ndarray):
+    def add(
+        self,
+        head: dict,
+        index: np.ndarray,
+        variable: str,
+        values: np.ndarray,
+        pressure,
+        obs_type: str,
+        report: np.ndarray,
+    ):
         ok = np.isfinite(values) & np.isfinite(head["latitude"][index]) & np.isfinite(head["longitude"][index])
         p = np.broadcast_to(np.asarray(pressure, dtype=np.float64), values.shape)
         if VARIABLES[variable].upper_air:  # e.g. a TEMP level reported at 0 Pa: no vertical position
@@ -276,7 +319,11 @@ class _Rows:
         calm = speed == 0.0
         u = np.where(calm, 0.0, -speed * np.sin(rad))
         v = np.where(calm, 0.0, -speed * np.cos(rad))
-        names = ("10m_u_component_of_wind", "10m_v_component_of_wind") if surface else ("u_component_of_wind", "v_component_of_wind")
+        names = (
+            ("10m_u_component_of_wind", "10m_v_component_of_wind")
+            if surface
+            else ("u_component_of_wind", "v_component_of_wind")
+        )
         self.add(head, index, names[0], u, pressure, obs_type, report)
         self.add(head, index, names[1], v, pressure, obs_type, report)
 
@@ -302,9 +349,27 @@ def _single_level(m: _Message, group, head, rows: _Rows, obs_type: str, report: 
     direction = m.number(*_first(group, "windDirectionAt10M", "windDirection"))
     if surface:
         nan = np.nan
-        rows.add(head, idx, "2m_temperature", m.number(*_first(group, "airTemperatureAt2M", "airTemperature")), nan, obs_type, report)
-        rows.add(head, idx, "surface_pressure", m.number(*_first(group, "nonCoordinatePressure")), nan, obs_type, report)
-        rows.add(head, idx, "mean_sea_level_pressure", m.number(*_first(group, "pressureReducedToMeanSeaLevel")), nan, obs_type, report)
+        rows.add(
+            head,
+            idx,
+            "2m_temperature",
+            m.number(*_first(group, "airTemperatureAt2M", "airTemperature")),
+            nan,
+            obs_type,
+            report,
+        )
+        rows.add(
+            head, idx, "surface_pressure", m.number(*_first(group, "nonCoordinatePressure")), nan, obs_type, report
+        )
+        rows.add(
+            head,
+            idx,
+            "mean_sea_level_pressure",
+            m.number(*_first(group, "pressureReducedToMeanSeaLevel")),
+            nan,
+            obs_type,
+            report,
+        )
         rows.add_wind(head, idx, speed, direction, nan, obs_type, report, surface=True)
         return
     pressure = m.number(*_first(group, "pressure"))
@@ -315,7 +380,16 @@ def _single_level(m: _Message, group, head, rows: _Rows, obs_type: str, report: 
     rows.add_wind(head, idx, speed, direction, pressure, obs_type, report, surface=False)
 
 
-_LEVEL_KEYS = {"airTemperature", "nonCoordinateGeopotential", "nonCoordinateGeopotentialHeight", "windSpeed", "windDirection", "latitudeDisplacement", "longitudeDisplacement", "timePeriod"}
+_LEVEL_KEYS = {
+    "airTemperature",
+    "nonCoordinateGeopotential",
+    "nonCoordinateGeopotentialHeight",
+    "windSpeed",
+    "windDirection",
+    "latitudeDisplacement",
+    "longitudeDisplacement",
+    "timePeriod",
+}
 
 
 def _profile(m: _Message, group, head, rows: _Rows, report: np.ndarray) -> None:
@@ -344,10 +418,16 @@ def _profile(m: _Message, group, head, rows: _Rows, report: np.ndarray) -> None:
         rows.add(here, idx, "temperature", m.number("airTemperature", level.get("airTemperature")), p, "temp", report)
         z = m.number("nonCoordinateGeopotential", level.get("nonCoordinateGeopotential"))
         if "nonCoordinateGeopotentialHeight" in level:
-            z = np.where(np.isfinite(z), z, G0 * m.number("nonCoordinateGeopotentialHeight", level["nonCoordinateGeopotentialHeight"]))
+            z = np.where(
+                np.isfinite(z),
+                z,
+                G0 * m.number("nonCoordinateGeopotentialHeight", level["nonCoordinateGeopotentialHeight"]),
+            )
         rows.add(here, idx, "geopotential", z, p, "temp", report)
         speed = m.number("windSpeed", level.get("windSpeed"))
-        rows.add_wind(here, idx, speed, m.number("windDirection", level.get("windDirection")), p, "temp", report, surface=False)
+        rows.add_wind(
+            here, idx, speed, m.number("windDirection", level.get("windDirection")), p, "temp", report, surface=False
+        )
 
 
 def _decode_message(message: bytes, rows: _Rows, next_report: int) -> tuple[str | None, int, int]:
@@ -399,7 +479,19 @@ def decode_bufr_bytes(data: bytes, source: str = "<bytes>") -> Decoded:
     if rows.no_pressure:
         problems.append(f"{rows.no_pressure} upper-air values without a valid pressure (e.g. 0 Pa); skipped")
     batch = rows.batch()
-    report = DecodeReport(source, len(data), len(messages), decoded, failed, skipped, reports, len(batch), truncated, tuple(problems), dict(by_type))
+    report = DecodeReport(
+        source,
+        len(data),
+        len(messages),
+        decoded,
+        failed,
+        skipped,
+        reports,
+        len(batch),
+        truncated,
+        tuple(problems),
+        dict(by_type),
+    )
     if problems:
         log.info("bufr_problems", source=source, n=len(problems), first=problems[0])
     return Decoded(batch, report)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -37,16 +36,18 @@ def _print_batch_summary(batch) -> None:
     rows = summary_table(batch).to_dict("records")
     out.print(_table("observations by type and variable", rows, {"min": ".6g", "max": ".6g"}))
     counts = {k: v for k, v in batch.flag_counts().items() if v}
-    out.print("QC flags: " + ", ".join(f"{k}={v}" for k, v in counts.items()) if counts else "QC flags: (no observations)")
+    out.print(
+        "QC flags: " + ", ".join(f"{k}={v}" for k, v in counts.items()) if counts else "QC flags: (no observations)"
+    )
 
 
 @obs_app.command("ingest")
 def ingest(
     files: list[Path] = typer.Argument(..., help="BUFR files to decode."),
     output: Path = typer.Option(Path("obs.ioda.nc"), "--output", "-o", help="IODA-style NetCDF to write."),
-    cycle: Optional[datetime] = typer.Option(None, help="Cycle time: flag obs outside its window."),
+    cycle: datetime | None = typer.Option(None, help="Cycle time: flag obs outside its window."),
     window_hours: float = typer.Option(3.0, help="Half-width of the window around --cycle (hours)."),
-    thin_km: Optional[float] = typer.Option(None, help="Thinning box size (km) for AMVs, aircraft, swaths."),
+    thin_km: float | None = typer.Option(None, help="Thinning box size (km) for AMVs, aircraft, swaths."),
     blacklist: list[str] = typer.Option([], help="Station ids to blacklist (repeatable)."),
 ):
     """Decode BUFR files, quality-control them, write one IODA-style NetCDF and print a summary."""
@@ -62,21 +63,32 @@ def ingest(
         r = d.report
         reason = r.unusable_reason()
         rows.append(
-            {"file": Path(r.source).name, "messages": r.messages, "decoded": r.decoded, "failed": r.failed, "reports": r.reports,
-             "obs": r.observations, "status": "unusable: " + reason if reason else ("; ".join(r.problems[:2]) or "ok")}
+            {
+                "file": Path(r.source).name,
+                "messages": r.messages,
+                "decoded": r.decoded,
+                "failed": r.failed,
+                "reports": r.reports,
+                "obs": r.observations,
+                "status": "unusable: " + reason if reason else ("; ".join(r.problems[:2]) or "ok"),
+            }
         )
     out.print(_table("decoding", rows))
     usable = [d.batch for d in decoded if d.report.unusable_reason() is None]
     if not usable:
         raise ObservationError(f"none of the {len(files)} files holds usable BUFR observations")
-    qc_config = QCConfig(window_half_width=timedelta(hours=window_hours), thinning_km=thin_km, blacklist_stations=tuple(blacklist))
+    qc_config = QCConfig(
+        window_half_width=timedelta(hours=window_hours), thinning_km=thin_km, blacklist_stations=tuple(blacklist)
+    )
     batch = run_qc(ObsBatch.concat(usable), qc_config, cycle=cycle)
     write_ioda(batch, output, {"source_files": " ".join(Path(f).name for f in files)})
     _print_batch_summary(batch)
     out.print(f"wrote {output} ({len(batch)} observations, {int(batch.passed.sum())} pass QC)")
 
 
-def _network_config(kinds: list[str], fraction: float, gross: float, missing: float, noise: bool, config: Optional[Path]):
+def _network_config(
+    kinds: list[str], fraction: float, gross: float, missing: float, noise: bool, config: Path | None
+):
     import yaml
 
     from align_da_ops.obs.config import ObservationsConfig
@@ -98,8 +110,10 @@ def _network_config(kinds: list[str], fraction: float, gross: float, missing: fl
 @obs_app.command("simulate")
 def simulate_cmd(
     store: Path = typer.Argument(..., help="Nature-run (truth) Zarr store."),
-    network: list[str] = typer.Option(["random_mask"], "--network", "-n", help=f"Network kind, repeatable: {', '.join(NETWORK_KINDS)}."),
-    cycle: Optional[datetime] = typer.Option(None, help="Cycle time (default: the store's second time)."),
+    network: list[str] = typer.Option(
+        ["random_mask"], "--network", "-n", help=f"Network kind, repeatable: {', '.join(NETWORK_KINDS)}."
+    ),
+    cycle: datetime | None = typer.Option(None, help="Cycle time (default: the store's second time)."),
     output: Path = typer.Option(Path("synthetic.ioda.nc"), "--output", "-o", help="IODA-style NetCDF to write."),
     fraction: float = typer.Option(0.01, help="Grid-point fraction for random_mask (paper: 0.01-0.10)."),
     gross_error_rate: float = typer.Option(0.0, help="Fraction of obs with a gross error."),
@@ -107,7 +121,9 @@ def simulate_cmd(
     noise: bool = typer.Option(True, help="Add observation noise (--no-noise: perfect obs)."),
     experiment: str = typer.Option("osse", help="Experiment name (seeds the draw)."),
     member: int = typer.Option(0, help="Nature-run member used as truth."),
-    config: Optional[Path] = typer.Option(None, help="YAML with an `observations:` block (overrides the network options)."),
+    config: Path | None = typer.Option(
+        None, help="YAML with an `observations:` block (overrides the network options)."
+    ),
 ):
     """Draw a synthetic observation batch from a nature run, run the QC that needs no background, write it."""
     import numpy as np
@@ -136,13 +152,17 @@ def simulate_cmd(
     draw = simulate(cfg, truth, when, experiment=experiment)
     op = GridInterpolator(truth.layout, truth.latitudes, truth.longitudes)
     batch = run_qc(draw.batch, cfg.qc, cycle=when, operator=op)
-    write_ioda(batch, output, {"experiment": experiment, "cycle": str(np.datetime64(when, "s")), "nature_run": str(store)})
+    write_ioda(
+        batch, output, {"experiment": experiment, "cycle": str(np.datetime64(when, "s")), "nature_run": str(store)}
+    )
     _print_batch_summary(batch)
     out.print(f"wrote {output} ({len(batch)} observations, {int(draw.gross.sum())} with injected gross errors)")
 
 
 def bench_obs(
-    files: list[Path] = typer.Argument(None, help="BUFR files (default: tests/data/bufr/*.bufr under the working directory)."),
+    files: list[Path] = typer.Argument(
+        None, help="BUFR files (default: tests/data/bufr/*.bufr under the working directory)."
+    ),
     n_obs: int = typer.Option(100_000, help="Observations for the H benchmark."),
     nlat: int = typer.Option(128, help="Latitudes of the H benchmark grid (longitudes: 2 x nlat)."),
     members: int = typer.Option(1, help="Ensemble members H is applied to at once."),
@@ -157,9 +177,17 @@ def bench_obs(
     if not files:
         raise ObservationError("no BUFR files given and none under tests/data/bufr")
     rows = bench_decode(files, repeats=max(1, min(repeats, 3)))
-    out.print(_table("BUFR decoding (best of 3)", rows, {"seconds": ".4f", "reports_per_s": ",.0f", "obs_per_s": ",.0f"}))
+    out.print(
+        _table("BUFR decoding (best of 3)", rows, {"seconds": ".4f", "reports_per_s": ",.0f", "obs_per_s": ",.0f"})
+    )
     devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
     op_rows = bench_operator(devices, n_obs=n_obs, nlat=nlat, nlon=2 * nlat, members=members, repeats=repeats)
     title = f"observation operator H (torch {torch.__version__}, {torch.get_num_threads()} CPU threads, float32)"
-    fmts = {"prepare_s": ".4f", "apply_s": ".5f", "apply_backward_s": ".5f", "obs_per_s": ",.0f", "speedup_vs_first": ".2f"}
+    fmts = {
+        "prepare_s": ".4f",
+        "apply_s": ".5f",
+        "apply_backward_s": ".5f",
+        "obs_per_s": ",.0f",
+        "speedup_vs_first": ".2f",
+    }
     out.print(_table(title, op_rows, fmts))

@@ -43,13 +43,19 @@ class _NetworkBase(Frozen):
     errors: dict[VariableName, float] = Field(
         default_factory=dict, description="Observation error std per variable (schema units); others from the defaults."
     )
-    noise: bool = Field(default=True, description="Add Gaussian noise with the error std (False: perfect obs, paper default).")
+    noise: bool = Field(
+        default=True, description="Add Gaussian noise with the error std (False: perfect obs, paper default)."
+    )
     gross_error_rate: float = Field(default=0.0, ge=0, le=1, description="Fraction of obs given a gross error.")
     gross_error_sigmas: tuple[float, float] = Field(
         default=(8.0, 15.0), description="A gross error is ± U(lo, hi) times the error std."
     )
-    missing_rate: float = Field(default=0.0, ge=0, le=1, description="Fraction of reports missing (kept, flagged `missing`).")
-    time_spread: bool = Field(default=True, description="Spread report times uniformly through the window (else: cycle time).")
+    missing_rate: float = Field(
+        default=0.0, ge=0, le=1, description="Fraction of reports missing (kept, flagged `missing`)."
+    )
+    time_spread: bool = Field(
+        default=True, description="Spread report times uniformly through the window (else: cycle time)."
+    )
 
     @field_validator("errors")
     @classmethod
@@ -78,7 +84,9 @@ class RandomMaskNetwork(_NetworkBase):
     """The paper's network: a random fraction of grid points, every channel observed there (Align-DA §4)."""
 
     kind: Literal["random_mask"] = "random_mask"
-    fraction: float = Field(default=0.01, gt=0, le=1, description="Fraction of grid points observed (paper: 0.01 .. 0.10).")
+    fraction: float = Field(
+        default=0.01, gt=0, le=1, description="Fraction of grid points observed (paper: 0.01 .. 0.10)."
+    )
     time_spread: bool = Field(default=False, description="Paper: all obs at the analysis time.")
 
 
@@ -87,15 +95,21 @@ class StationNetwork(_NetworkBase):
 
     kind: Literal["stations"] = "stations"
     upper_air_variables: tuple[UpperAirName, ...] = Field(
-        default=("geopotential", "temperature", "u_component_of_wind", "v_component_of_wind"), description="Sonde variables."
+        default=("geopotential", "temperature", "u_component_of_wind", "v_component_of_wind"),
+        description="Sonde variables.",
     )
     levels_hpa: tuple[int, ...] = Field(
         default=(1000, 925, 850, 700, 500, 400, 300, 250, 200), description="Sonde reporting levels (mandatory levels)."
     )
-    surface_variables: tuple[SurfaceName, ...] = Field(default=("surface_pressure",), description="Surface-station variables.")
-    max_stations: int | None = Field(default=None, ge=1, description="Use at most this many stations (deterministic subset).")
+    surface_variables: tuple[SurfaceName, ...] = Field(
+        default=("surface_pressure",), description="Surface-station variables."
+    )
+    max_stations: int | None = Field(
+        default=None, ge=1, description="Use at most this many stations (deterministic subset)."
+    )
     sonde_time_jitter: timedelta = Field(
-        default=timedelta(hours=1), description="Sondes launch within ± this of the cycle time (surface reports spread)."
+        default=timedelta(hours=1),
+        description="Sondes launch within ± this of the cycle time (surface reports spread).",
     )
 
 
@@ -113,7 +127,7 @@ class SwathNetwork(_NetworkBase):
     satellites: int = Field(default=1, ge=1, le=8, description="Satellites, phased evenly along the orbit.")
 
 
-NetworkConfig = Annotated[Union[RandomMaskNetwork, StationNetwork, SwathNetwork], Field(discriminator="kind")]
+NetworkConfig = Annotated[RandomMaskNetwork | StationNetwork | SwathNetwork, Field(discriminator="kind")]
 
 
 class QCConfig(Frozen):
@@ -132,7 +146,9 @@ class QCConfig(Frozen):
     background_sigma: dict[VariableName, float] = Field(
         default_factory=dict, description="Background error std per variable when no ensemble spread is given."
     )
-    use_ensemble_spread: bool = Field(default=True, description="sigma_b from the background ensemble when there is one.")
+    use_ensemble_spread: bool = Field(
+        default=True, description="sigma_b from the background ensemble when there is one."
+    )
     level_tolerance_log_p: float = Field(
         default=0.05, ge=0, description="Upper-air obs this far (ln p) outside the state's levels are `outside_domain`."
     )
@@ -147,7 +163,9 @@ class FeedConfig(Frozen):
 class ObservationsConfig(Frozen):
     """The observation block of an experiment."""
 
-    networks: tuple[NetworkConfig, ...] = Field(default=(RandomMaskNetwork(),), description="Synthetic networks (OSSE).")
+    networks: tuple[NetworkConfig, ...] = Field(
+        default=(RandomMaskNetwork(),), description="Synthetic networks (OSSE)."
+    )
     qc: QCConfig = Field(default_factory=QCConfig)
     feed: FeedConfig | None = Field(default=None, description="Real observations from a directory drop.")
     level_bands_hpa: tuple[float, ...] = Field(

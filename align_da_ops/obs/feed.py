@@ -60,7 +60,9 @@ class ObsFeed:
 
     def __init__(self, root: Path, decoder: Decoder = decode_bufr_file):
         self.root = Path(root)
-        self.incoming, self.processed, self.quarantine = (self.root / d for d in ("incoming", "processed", "quarantine"))
+        self.incoming, self.processed, self.quarantine = (
+            self.root / d for d in ("incoming", "processed", "quarantine")
+        )
         for d in (self.incoming, self.processed, self.quarantine):
             d.mkdir(parents=True, exist_ok=True)
         self.decoder = decoder
@@ -68,7 +70,9 @@ class ObsFeed:
     def pending(self) -> list[Path]:
         """Complete files waiting in incoming/, oldest name first."""
         return sorted(
-            p for p in self.incoming.iterdir() if p.is_file() and not p.name.startswith(".") and not p.name.endswith(_IN_FLIGHT)
+            p
+            for p in self.incoming.iterdir()
+            if p.is_file() and not p.name.startswith(".") and not p.name.endswith(_IN_FLIGHT)
         )
 
     def poll(self) -> list[FeedResult]:
@@ -107,8 +111,8 @@ class ObsFeed:
         batches = []
         for path in sorted(self.processed.glob("*.ioda.nc")):
             batch = read_ioda(path)
-            if len(batch) and start is not None and end is not None:
-                if batch.time.max() < np.datetime64(start, "s") or batch.time.min() > np.datetime64(end, "s"):
-                    continue
+            bounded = len(batch) and start is not None and end is not None
+            if bounded and (batch.time.max() < np.datetime64(start, "s") or batch.time.min() > np.datetime64(end, "s")):
+                continue
             batches.append(batch)
         return ObsBatch.concat(batches)

@@ -81,7 +81,10 @@ def write_ioda(batch: ObsBatch, path: Path, attrs: dict | None = None) -> Path:
             var[:] = units
         qc = groups["PreQC"]["value"]
         qc.setncatts(
-            {"flag_values": np.asarray([int(f) for f in QCFlag], dtype=np.int32), "flag_meanings": " ".join(f.name.lower() for f in QCFlag)}
+            {
+                "flag_values": np.asarray([int(f) for f in QCFlag], dtype=np.int32),
+                "flag_meanings": " ".join(f.name.lower() for f in QCFlag),
+            }
         )
     os.replace(tmp, path)
     return path
@@ -105,7 +108,11 @@ def read_ioda(path: Path) -> ObsBatch:
             except (IndexError, KeyError):
                 raise ObservationError(f"{path} lacks {group}/{name}; is it an align-da IODA file?") from None
             columns[column] = _decode(column, np.asarray(raw))
-        units = np.asarray(nc["MetaData/variableUnits"][:]).astype(str) if "variableUnits" in nc["MetaData"].variables else None
+        units = (
+            np.asarray(nc["MetaData/variableUnits"][:]).astype(str)
+            if "variableUnits" in nc["MetaData"].variables
+            else None
+        )
     batch = ObsBatch(**columns)
     if units is not None and len(batch) and not np.array_equal(units, batch.units()):
         bad = np.flatnonzero(units != batch.units())[:3]

@@ -60,9 +60,20 @@ def departure_statistics(
         }
     )
     if df.empty:
-        return pd.DataFrame({c: pd.Series(dtype=("int64" if c == "count" else float if c in STAT_COLUMNS[4:] else str)) for c in STAT_COLUMNS})
+        return pd.DataFrame(
+            {
+                c: pd.Series(dtype=("int64" if c == "count" else float if c in STAT_COLUMNS[4:] else str))
+                for c in STAT_COLUMNS
+            }
+        )
     g = df.groupby(["obs_type", "variable", "level_band"], sort=True)
-    out = g.agg(count=("d", "size"), mean=("d", "mean"), std=("d", lambda x: float(np.std(x))), ms=("d2", "mean"), jo_per_n=("z2", "mean"))
+    out = g.agg(
+        count=("d", "size"),
+        mean=("d", "mean"),
+        std=("d", lambda x: float(np.std(x))),
+        ms=("d2", "mean"),
+        jo_per_n=("z2", "mean"),
+    )
     out["rms"] = np.sqrt(out.pop("ms"))
     out = out.reset_index()
     out.insert(0, "departure", label)

@@ -60,7 +60,7 @@ class Truth:
     longitudes: np.ndarray
 
     @classmethod
-    def from_dataset(cls, ds: xr.Dataset, member: int = 0) -> "Truth":
+    def from_dataset(cls, ds: xr.Dataset, member: int = 0) -> Truth:
         """From a schema dataset with a time dim (e.g. a nature run); the layout is what it holds."""
         if grid.MEMBER in ds.dims:
             ds = ds.isel({grid.MEMBER: member})
@@ -76,7 +76,7 @@ class Truth:
         times = ds[grid.TIME].values.astype("datetime64[s]")
         return cls(tensor, times, layout, ds[grid.LAT].values, ds[grid.LON].values)
 
-    def around(self, cycle, half_width: timedelta) -> "Truth":
+    def around(self, cycle, half_width: timedelta) -> Truth:
         """The stored times that bracket the window (cycle ± half_width)."""
         t0, w = np.datetime64(cycle, "s"), np.timedelta64(int(half_width.total_seconds()), "s")
         lo = max(int(np.searchsorted(self.times, t0 - w, side="right")) - 1, 0)
@@ -181,13 +181,31 @@ def swath_footprints(cfg: SwathNetwork, start: np.datetime64, end: np.datetime64
     times = start + np.round(t).astype("timedelta64[s]")
     since = (times - ORBIT_EPOCH).astype(np.int64).astype(np.float64)
     inc = np.radians(cfg.inclination_deg)
-    offsets = np.linspace(-0.5, 0.5, cfg.across_track) * cfg.swath_width_km / EARTH_RADIUS_KM if cfg.across_track > 1 else np.zeros(1)
+    offsets = (
+        np.linspace(-0.5, 0.5, cfg.across_track) * cfg.swath_width_km / EARTH_RADIUS_KM
+        if cfg.across_track > 1
+        else np.zeros(1)
+    )
     lats, lons, when, sat = [], [], [], []
     for s in range(cfg.satellites):
         u = 2 * np.pi * (since / period + s / cfg.satellites)
         node = 2 * np.pi * since / TROPICAL_YEAR_S  # sun-synchronous precession of the node
-        r = np.stack([np.cos(node) * np.cos(u) - np.sin(node) * np.sin(u) * np.cos(inc), np.sin(node) * np.cos(u) + np.cos(node) * np.sin(u) * np.cos(inc), np.sin(u) * np.sin(inc)], -1)
-        v = np.stack([-np.cos(node) * np.sin(u) - np.sin(node) * np.cos(u) * np.cos(inc), -np.sin(node) * np.sin(u) + np.cos(node) * np.cos(u) * np.cos(inc), np.cos(u) * np.sin(inc)], -1)
+        r = np.stack(
+            [
+                np.cos(node) * np.cos(u) - np.sin(node) * np.sin(u) * np.cos(inc),
+                np.sin(node) * np.cos(u) + np.cos(node) * np.sin(u) * np.cos(inc),
+                np.sin(u) * np.sin(inc),
+            ],
+            -1,
+        )
+        v = np.stack(
+            [
+                -np.cos(node) * np.sin(u) - np.sin(node) * np.cos(u) * np.cos(inc),
+                -np.sin(node) * np.sin(u) + np.cos(node) * np.cos(u) * np.cos(inc),
+                np.cos(u) * np.sin(inc),
+            ],
+            -1,
+        )
         c = np.cross(r, v)
         p = r[:, None, :] * np.cos(offsets)[None, :, None] + c[:, None, :] * np.sin(offsets)[None, :, None]
         earth = 2 * np.pi * since / SIDEREAL_DAY_S
@@ -195,7 +213,12 @@ def swath_footprints(cfg: SwathNetwork, start: np.datetime64, end: np.datetime64
         lons.append(np.mod(np.degrees(np.arctan2(p[..., 1], p[..., 0]) - earth[:, None]), 360.0).ravel())
         when.append(np.repeat(times, len(offsets)))
         sat.append(np.full(p.shape[0] * p.shape[1], s))
-    return {"latitude": np.concatenate(lats), "longitude": np.concatenate(lons), "time": np.concatenate(when), "satellite": np.concatenate(sat)}
+    return {
+        "latitude": np.concatenate(lats),
+        "longitude": np.concatenate(lons),
+        "time": np.concatenate(when),
+        "satellite": np.concatenate(sat),
+    }
 
 
 def _swath(cfg: SwathNetwork, truth: Truth, rng, cycle, half: timedelta) -> dict:
@@ -271,9 +294,7 @@ def draw_network(
     return _observe(cfg, cols, truth.around(cycle, half_width), rng)
 
 
-def simulate(
-    config: ObservationsConfig, truth: Truth, cycle, experiment: str = "osse"
-) -> SyntheticDraw:
+def simulate(config: ObservationsConfig, truth: Truth, cycle, experiment: str = "osse") -> SyntheticDraw:
     """Every configured network, concatenated in config order."""
     draws = [draw_network(n, truth, cycle, config.qc.window_half_width, experiment) for n in config.networks]
     batch = ObsBatch.concat([d.batch for d in draws])

@@ -58,7 +58,9 @@ class PreparedOperator:
 
     def __call__(self, state: torch.Tensor) -> torch.Tensor:
         if tuple(state.shape[-3:]) != self.state_shape:
-            raise SchemaError(f"state (channel, lat, lon) shape {tuple(state.shape[-3:])} != operator's {self.state_shape}")
+            raise SchemaError(
+                f"state (channel, lat, lon) shape {tuple(state.shape[-3:])} != operator's {self.state_shape}"
+            )
         index = self.index.to(state.device)
         weight = self.weight.to(device=state.device, dtype=state.dtype)
         flat = state.flatten(-3)
@@ -77,7 +79,9 @@ class GridInterpolator:
     def __init__(self, layout: StateLayout, latitudes, longitudes):
         lat, lon = np.asarray(latitudes, dtype=np.float64), np.asarray(longitudes, dtype=np.float64)
         if lat.ndim != 1 or len(lat) < 2 or np.any(np.diff(lat) <= 0) or lat[0] < -90 or lat[-1] > 90:
-            raise SchemaError(f"latitudes must be ascending within [-90, 90] with >= 2 rows; got {lat[:3]}...{lat[-3:]}")
+            raise SchemaError(
+                f"latitudes must be ascending within [-90, 90] with >= 2 rows; got {lat[:3]}...{lat[-3:]}"
+            )
         if lon.ndim != 1 or len(lon) < 2 or np.any(np.diff(lon) <= 0) or lon[-1] - lon[0] >= 360.0:
             raise SchemaError(f"longitudes must be ascending and span < 360°; got {lon[:3]}...{lon[-3:]}")
         self.layout, self.lat, self.lon = layout, lat, lon
@@ -85,7 +89,7 @@ class GridInterpolator:
         self._log_p = np.log(np.asarray(layout.levels, dtype=np.float64) * 100.0)
 
     @classmethod
-    def for_dataset(cls, layout: StateLayout, ds) -> "GridInterpolator":
+    def for_dataset(cls, layout: StateLayout, ds) -> GridInterpolator:
         return cls(layout, ds[LAT].values, ds[LON].values)
 
     @property

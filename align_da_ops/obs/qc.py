@@ -92,7 +92,9 @@ def thinning_boxes(lat: np.ndarray, lon: np.ndarray, box_km: float) -> np.ndarra
     dlat = np.degrees(box_km / EARTH_RADIUS_KM)
     band = np.floor((lat + 90.0) / dlat).astype(np.int64)
     centre = np.clip(-90.0 + (band + 0.5) * dlat, -90.0, 90.0)
-    per_band = np.maximum(1, np.round(2 * np.pi * EARTH_RADIUS_KM * np.cos(np.radians(centre)) / box_km)).astype(np.int64)
+    per_band = np.maximum(1, np.round(2 * np.pi * EARTH_RADIUS_KM * np.cos(np.radians(centre)) / box_km)).astype(
+        np.int64
+    )
     col = np.floor(np.mod(lon, 360.0) / 360.0 * per_band).astype(np.int64) % per_band
     return band * 100_000 + col
 

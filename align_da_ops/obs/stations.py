@@ -42,7 +42,14 @@ LAND_BOXES = (
     (60.0, 83.0, -55.0, -20.0),  # Greenland
     (-80.0, -68.0, -180.0, 180.0),  # Antarctica (coastal band and plateau edge)
 )
-_BUFR_FILES = ("eccodes_synop.bufr", "eccodes_synop_multi_subset.bufr", "pdbufr_obs_3day.bufr", "pdbufr_syn_new.bufr", "eccodes_temp.bufr", "pdbufr_temp_small.bufr")
+_BUFR_FILES = (
+    "eccodes_synop.bufr",
+    "eccodes_synop_multi_subset.bufr",
+    "pdbufr_obs_3day.bufr",
+    "pdbufr_syn_new.bufr",
+    "eccodes_temp.bufr",
+    "pdbufr_temp_small.bufr",
+)
 
 
 def fibonacci_lattice(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -89,7 +96,14 @@ def bufr_stations(bufr_dir: Path) -> pd.DataFrame:
     rows = []
     for name in _BUFR_FILES:
         batch = decode_bufr_file(Path(bufr_dir) / name).batch
-        df = pd.DataFrame({"station_id": batch.station, "latitude": batch.latitude, "longitude": batch.longitude, "elevation_m": batch.elevation})
+        df = pd.DataFrame(
+            {
+                "station_id": batch.station,
+                "latitude": batch.latitude,
+                "longitude": batch.longitude,
+                "elevation_m": batch.elevation,
+            }
+        )
         df = df[df.station_id != ""].drop_duplicates("station_id")
         df["longitude"] = np.mod(df["longitude"] + 180.0, 360.0) - 180.0
         sonde = name.endswith("temp.bufr") or "temp_" in name

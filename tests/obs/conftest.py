@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from obs_factories import LEVELS
 
 from align_da_ops.grid import StateLayout, gaussian_latitudes, longitudes
-from obs_factories import LEVELS
 
 
 @pytest.fixture

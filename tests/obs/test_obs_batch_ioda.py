@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from obs_factories import make_batch
 
 from align_da_ops.errors import ObservationError
 from align_da_ops.grid import VARIABLES
 from align_da_ops.obs.batch import ObsBatch, QCFlag
 from align_da_ops.obs.ioda import read_ioda, write_ioda
-from obs_factories import make_batch
 
 _floats = st.floats(allow_nan=False, allow_infinity=False, width=64)
 
@@ -20,7 +20,7 @@ _floats = st.floats(allow_nan=False, allow_infinity=False, width=64)
 @st.composite
 def batches(draw):
     n = draw(st.integers(0, 12))
-    rows = lambda s: draw(st.lists(s, min_size=n, max_size=n))  # noqa: E731
+    rows = lambda s: draw(st.lists(s, min_size=n, max_size=n))
     variable = rows(st.sampled_from(sorted(VARIABLES)))
     surface = [not VARIABLES[v].upper_air for v in variable]
     pressure = [np.nan if s else p for s, p in zip(surface, rows(st.floats(1.0, 1.1e5)))]
@@ -30,7 +30,7 @@ def batches(draw):
         longitude=rows(st.floats(-720, 720)),
         pressure=pressure,
         elevation=rows(st.one_of(st.just(np.nan), st.floats(-500, 9000))),
-        time=np.asarray(rows(st.integers(-2**40, 2**40)), dtype="datetime64[s]"),
+        time=np.asarray(rows(st.integers(-(2**40), 2**40)), dtype="datetime64[s]"),
         variable=variable,
         value=rows(st.one_of(st.just(np.nan), _floats)),
         error=rows(st.floats(1e-6, 1e6)),

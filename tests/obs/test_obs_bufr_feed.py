@@ -123,8 +123,13 @@ def test_feed_processes_good_files_and_quarantines_bad_ones(tmp_path):
     results = {r.name: r for r in feed.poll()}
     assert set(results) == {"temp.bufr", "garbage.bin", "empty.bufr", "truncated.bufr", "netcdf.nc"}
     assert results["temp.bufr"].status == "processed" and results["temp.bufr"].reports == 3
-    assert (feed.processed / "temp.bufr").exists() and read_ioda(results["temp.bufr"].ioda).equals(decode_bufr_file(BUFR / "eccodes_temp.bufr").batch)
-    reasons = {n: (feed.quarantine / f"{n}.reason.txt").read_text() for n in ("garbage.bin", "empty.bufr", "truncated.bufr", "netcdf.nc")}
+    assert (feed.processed / "temp.bufr").exists() and read_ioda(results["temp.bufr"].ioda).equals(
+        decode_bufr_file(BUFR / "eccodes_temp.bufr").batch
+    )
+    reasons = {
+        n: (feed.quarantine / f"{n}.reason.txt").read_text()
+        for n in ("garbage.bin", "empty.bufr", "truncated.bufr", "netcdf.nc")
+    }
     assert "no 'BUFR' marker" in reasons["garbage.bin"]
     assert "empty file" in reasons["empty.bufr"]
     assert "truncated" in reasons["truncated.bufr"] and "declares" in reasons["truncated.bufr"]

@@ -25,12 +25,22 @@ def truth_store(tmp_path_factory) -> Path:
 
     from align_da_ops.grid import StateLayout, gaussian_latitudes, longitudes
 
-    layout = StateLayout(("geopotential", "temperature", "u_component_of_wind", "v_component_of_wind"), ("surface_pressure",), (200, 300, 500, 700, 850, 1000))
+    layout = StateLayout(
+        ("geopotential", "temperature", "u_component_of_wind", "v_component_of_wind"),
+        ("surface_pressure",),
+        (200, 300, 500, 700, 850, 1000),
+    )
     base = torch.as_tensor([5e4] * 6 + [250.0] * 6 + [10.0] * 6 + [0.0] * 6 + [1e5], dtype=torch.float32)[:, None, None]
     gen = torch.Generator().manual_seed(0)
     x = base + torch.randn((1, 8, layout.n_channels, 32, 64), generator=gen)
     times = np.datetime64("2000-01-01T00:00") + np.arange(8) * np.timedelta64(6, "h")
-    ds = layout.from_tensor(x, gaussian_latitudes(32), longitudes(64), leading=("member", "time"), coords={"member": np.arange(1), "time": times})
+    ds = layout.from_tensor(
+        x,
+        gaussian_latitudes(32),
+        longitudes(64),
+        leading=("member", "time"),
+        coords={"member": np.arange(1), "time": times},
+    )
     path = tmp_path_factory.mktemp("truth") / "nature.zarr"
     ds.to_zarr(path, consolidated=False)
     assert isinstance(xr.open_zarr(path, consolidated=False), xr.Dataset)
@@ -40,7 +50,9 @@ def truth_store(tmp_path_factory) -> Path:
 def test_ingest_decodes_qcs_and_writes_ioda(tmp_path):
     out = tmp_path / "obs.nc"
     files = [BUFR / "eccodes_temp.bufr", BUFR / "pdbufr_obs_3day.bufr"]
-    res = runner.invoke(app, ["obs", "ingest", *map(str, files), "-o", str(out), "--cycle", "2017-04-25T12:00", "--blacklist", "03105"])
+    res = runner.invoke(
+        app, ["obs", "ingest", *map(str, files), "-o", str(out), "--cycle", "2017-04-25T12:00", "--blacklist", "03105"]
+    )
     assert res.exit_code == 0, res.output
     batch = read_ioda(out)
     assert len(batch) == 257 + 228
@@ -62,7 +74,23 @@ def test_ingest_of_only_bad_files_is_an_observation_error(tmp_path):
 
 def test_simulate_from_a_nature_run_store(truth_store, tmp_path):
     out = tmp_path / "syn.nc"
-    args = ["obs", "simulate", str(truth_store), "-n", "random_mask", "-n", "stations", "-n", "swath", "--cycle", "2000-01-01T12:00", "-o", str(out), "--gross-error-rate", "0.02"]
+    args = [
+        "obs",
+        "simulate",
+        str(truth_store),
+        "-n",
+        "random_mask",
+        "-n",
+        "stations",
+        "-n",
+        "swath",
+        "--cycle",
+        "2000-01-01T12:00",
+        "-o",
+        str(out),
+        "--gross-error-rate",
+        "0.02",
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     batch = read_ioda(out)
@@ -77,12 +105,16 @@ def test_simulate_from_a_nature_run_store(truth_store, tmp_path):
 
 
 def test_simulate_rejects_a_cycle_outside_the_store(truth_store, tmp_path):
-    res = runner.invoke(app, ["obs", "simulate", str(truth_store), "--cycle", "2001-01-01T00:00", "-o", str(tmp_path / "x.nc")])
+    res = runner.invoke(
+        app, ["obs", "simulate", str(truth_store), "--cycle", "2001-01-01T00:00", "-o", str(tmp_path / "x.nc")]
+    )
     assert isinstance(res.exception, ObservationError) and "outside the store" in str(res.exception)
 
 
 def test_bench_obs_reports_decode_and_operator_throughput():
-    res = runner.invoke(app, ["bench", "obs", str(BUFR / "eccodes_temp.bufr"), "--n-obs", "2000", "--nlat", "8", "--repeats", "1"])
+    res = runner.invoke(
+        app, ["bench", "obs", str(BUFR / "eccodes_temp.bufr"), "--n-obs", "2000", "--nlat", "8", "--repeats", "1"]
+    )
     assert res.exit_code == 0, res.output
     for needle in ("reports_per_s", "eccodes_temp.bufr", "observation operator H", "8x16x69", "cpu"):
         assert needle in res.output, needle

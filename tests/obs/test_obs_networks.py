@@ -47,7 +47,12 @@ def test_random_mask_samples_the_truth_exactly(truth, layout):
     j = np.searchsorted(truth.latitudes, b.latitude)
     i = np.searchsorted(truth.longitudes, b.longitude)
     assert np.array_equal(truth.latitudes[j], b.latitude) and np.array_equal(truth.longitudes[i], b.longitude)
-    c = np.asarray([layout.channel_index(v, int(p / 100)) if p == p else layout.channel_index(v) for v, p in zip(b.variable, b.pressure)])
+    c = np.asarray(
+        [
+            layout.channel_index(v, int(p / 100)) if np.isfinite(p) else layout.channel_index(v)
+            for v, p in zip(b.variable, b.pressure)
+        ]
+    )
     np.testing.assert_array_equal(b.value, truth.states[2].numpy()[c, j, i])
 
 
@@ -103,22 +108,36 @@ def test_swath_follows_the_orbit_and_moves_between_cycles(truth):
     fp = swath_footprints(cfg, CYCLE - np.timedelta64(3, "h"), CYCLE + np.timedelta64(3, "h"))
     assert np.abs(fp["latitude"]).max() == pytest.approx(180.0 - 98.7, abs=0.5)  # nadir never beyond 81.3°
     lat, lon = np.radians(fp["latitude"]), np.radians(fp["longitude"])
-    step = 6371.0 * np.arccos(np.clip(np.sin(lat[:-1]) * np.sin(lat[1:]) + np.cos(lat[:-1]) * np.cos(lat[1:]) * np.cos(np.diff(lon)), -1, 1))
+    step = 6371.0 * np.arccos(
+        np.clip(np.sin(lat[:-1]) * np.sin(lat[1:]) + np.cos(lat[:-1]) * np.cos(lat[1:]) * np.cos(np.diff(lon)), -1, 1)
+    )
     assert np.median(step) == pytest.approx(250.0, rel=0.1)  # the Earth turning under the track adds < 10 %
     a = draw_network(SwathNetwork(), truth, CYCLE).batch
     b = draw_network(SwathNetwork(), truth, T[3]).batch
     assert (a.obs_type == "swath").all() and not np.allclose(a.longitude[:50], b.longitude[:50])
     wide = swath_footprints(SwathNetwork(swath_width_km=2000.0, across_track=3), CYCLE, CYCLE + np.timedelta64(60, "s"))
     edge = np.radians(np.stack([wide["latitude"][[0, 2]], wide["longitude"][[0, 2]]]))
-    cos_d = np.sin(edge[0, 0]) * np.sin(edge[0, 1]) + np.cos(edge[0, 0]) * np.cos(edge[0, 1]) * np.cos(edge[1, 0] - edge[1, 1])
+    cos_d = np.sin(edge[0, 0]) * np.sin(edge[0, 1]) + np.cos(edge[0, 0]) * np.cos(edge[0, 1]) * np.cos(
+        edge[1, 0] - edge[1, 1]
+    )
     assert 6371.0 * np.arccos(cos_d) == pytest.approx(2000.0, rel=1e-6)
 
 
 def test_truth_is_linear_in_time_between_stored_states(truth, layout):
-    lin = Truth(truth.states[:1] + torch.arange(len(T), dtype=torch.float64)[:, None, None, None], T, layout, truth.latitudes, truth.longitudes)
+    lin = Truth(
+        truth.states[:1] + torch.arange(len(T), dtype=torch.float64)[:, None, None, None],
+        T,
+        layout,
+        truth.latitudes,
+        truth.longitudes,
+    )
     d = draw_network(RandomMaskNetwork(fraction=0.02, noise=False, time_spread=True), lin, CYCLE)
     hours = (d.batch.time - T[0]).astype(np.int64) / 21600.0
-    base = draw_network(RandomMaskNetwork(fraction=0.02, noise=False, time_spread=True), Truth(truth.states[:1].expand(len(T), -1, -1, -1), T, layout, truth.latitudes, truth.longitudes), CYCLE)
+    base = draw_network(
+        RandomMaskNetwork(fraction=0.02, noise=False, time_spread=True),
+        Truth(truth.states[:1].expand(len(T), -1, -1, -1), T, layout, truth.latitudes, truth.longitudes),
+        CYCLE,
+    )
     np.testing.assert_allclose(d.batch.value - base.batch.value, hours, atol=1e-9)
 
 
@@ -137,12 +156,16 @@ def test_station_csv_is_the_documented_rule_plus_decoded_bufr_stations():
     shipped = load_stations(STATIONS_CSV)
     rule = generate_rule_stations()
     got_rule = shipped[shipped.source == "rule"].reset_index(drop=True)
-    np.testing.assert_allclose(got_rule[["latitude", "longitude"]].to_numpy(), rule[["latitude", "longitude"]].to_numpy(), atol=1e-4)
+    np.testing.assert_allclose(
+        got_rule[["latitude", "longitude"]].to_numpy(), rule[["latitude", "longitude"]].to_numpy(), atol=1e-4
+    )
     assert got_rule.upper_air.tolist() == rule.upper_air.astype(bool).tolist()
     real = bufr_stations(BUFR).reset_index(drop=True)
     got_real = shipped[shipped.source != "rule"].reset_index(drop=True)
     assert got_real.station_id.tolist() == real.station_id.tolist()
-    np.testing.assert_allclose(got_real[["latitude", "longitude"]].to_numpy(), real[["latitude", "longitude"]].to_numpy(), atol=1e-4)
+    np.testing.assert_allclose(
+        got_real[["latitude", "longitude"]].to_numpy(), real[["latitude", "longitude"]].to_numpy(), atol=1e-4
+    )
     assert 300 <= len(shipped) <= 1000 and shipped.upper_air.sum() >= 100
     lat, _ = fibonacci_lattice(10000)
     assert abs(np.mean(np.sin(np.radians(lat)))) < 1e-3  # near-equal-area lattice

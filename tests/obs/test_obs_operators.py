@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from obs_factories import LEVELS, make_batch
 
 from align_da_ops.errors import SchemaError
 from align_da_ops.obs.operators import GridInterpolator, ObservationOperator
-from obs_factories import LEVELS, make_batch
 
 UPPER = ("geopotential", "temperature", "u_component_of_wind", "v_component_of_wind")
 
@@ -32,7 +32,10 @@ def test_exact_on_fields_linear_in_lon_lat_and_log_pressure(layout, small_grid):
     lat, lon = small_grid
     op = GridInterpolator(layout, lat, lon)
     coef = np.random.default_rng(0).normal(size=(layout.n_channels, 3))
-    var_of = [layout.channel_index(ch.rsplit("_", 1)[0], 200) if ch != "surface_pressure" else c for c, ch in enumerate(layout.channels)]
+    var_of = [
+        layout.channel_index(ch.rsplit("_", 1)[0], 200) if ch != "surface_pressure" else c
+        for c, ch in enumerate(layout.channels)
+    ]
 
     def fn(c, la, lo, lnp):  # the same horizontal coefficients on every level of a variable
         k = var_of[c]
@@ -61,7 +64,13 @@ def test_date_line_wraps_between_last_and_first_column(layout, small_grid):
     state = torch.as_tensor(np.random.default_rng(2).normal(size=op.state_shape))
     dlon = lon[1] - lon[0]
     c, j = layout.channel_index("surface_pressure"), 3
-    for olon, s in ((lon[-1] + 0.25 * dlon, 0.25), (-0.5 * dlon, 0.5), (360.0 - 1e-3 * dlon, 0.999), (360.0, 0.0), (-360.0, 0.0)):
+    for olon, s in (
+        (lon[-1] + 0.25 * dlon, 0.25),
+        (-0.5 * dlon, 0.5),
+        (360.0 - 1e-3 * dlon, 0.999),
+        (360.0, 0.0),
+        (-360.0, 0.0),
+    ):
         got = op(state, make_batch(lat[j], olon, "surface_pressure")).item()
         want = (1 - s) * state[c, j, -1].item() + s * state[c, j, 0].item() if s else state[c, j, 0].item()
         assert got == pytest.approx(want, abs=1e-9), olon
@@ -118,7 +127,12 @@ def test_batched_over_members_and_no_operator_rows_are_nan(layout, small_grid):
     lat, lon = small_grid
     op = GridInterpolator(layout, lat, lon)
     state = torch.randn((2, 3, *op.state_shape), dtype=torch.float64)
-    obs = make_batch([10.0, -20.0, 5.0], [5.0, 100.0, 300.0], np.asarray(["temperature", "2m_temperature", "temperature"]), pressure=[50000.0, np.nan, np.nan])
+    obs = make_batch(
+        [10.0, -20.0, 5.0],
+        [5.0, 100.0, 300.0],
+        np.asarray(["temperature", "2m_temperature", "temperature"]),
+        pressure=[50000.0, np.nan, np.nan],
+    )
     h = op(state, obs)
     assert h.shape == (2, 3, 3)
     torch.testing.assert_close(h[1, 2], op(state[1, 2], obs), rtol=0, atol=0, equal_nan=True)
@@ -129,7 +143,12 @@ def test_batched_over_members_and_no_operator_rows_are_nan(layout, small_grid):
 def test_gradcheck_tiny_grid(layout):
     lat, lon = np.array([-60.0, -20.0, 20.0, 60.0]), np.arange(8) * 45.0
     op = GridInterpolator(layout, lat, lon)
-    obs = make_batch([75.0, 0.0, -30.0, 10.0], [350.0, 10.0, 181.0, 90.0], np.asarray(["temperature", "u_component_of_wind", "surface_pressure", "geopotential"]), pressure=[85000.0, 40000.0, np.nan, 100000.0])
+    obs = make_batch(
+        [75.0, 0.0, -30.0, 10.0],
+        [350.0, 10.0, 181.0, 90.0],
+        np.asarray(["temperature", "u_component_of_wind", "surface_pressure", "geopotential"]),
+        pressure=[85000.0, 40000.0, np.nan, 100000.0],
+    )
     prepared = op.prepare(obs)
     state = torch.randn((2, *op.state_shape), dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(prepared, (state,))

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import pytest
 import torch
+from obs_factories import make_batch
 
 from align_da_ops.errors import ObservationError
 from align_da_ops.obs import qc
@@ -14,7 +15,6 @@ from align_da_ops.obs.batch import QCFlag
 from align_da_ops.obs.config import QCConfig
 from align_da_ops.obs.monitoring import STAT_COLUMNS, departure_statistics, level_bands
 from align_da_ops.obs.operators import GridInterpolator
-from obs_factories import make_batch
 
 T0 = np.datetime64("2000-01-01T06:00:00", "s")
 
@@ -24,12 +24,21 @@ def _flags(batch):
 
 
 def test_missing():
-    b = make_batch([0, 0, 0], [0, 0, 0], "surface_pressure", value=[1e5, np.nan, 1e5], error=np.array([100.0, 100.0, 0.0]))
+    b = make_batch(
+        [0, 0, 0], [0, 0, 0], "surface_pressure", value=[1e5, np.nan, 1e5], error=np.array([100.0, 100.0, 0.0])
+    )
     assert _flags(qc.check_missing(b)) == ["PASS", "MISSING", "MISSING"]
 
 
 def test_blacklist_by_station_and_type():
-    b = make_batch([0, 0, 0], [0, 0, 0], "surface_pressure", value=1e5, station=np.array(["a", "b", "c"]), obs_type=np.array(["synop", "synop", "marine"]))
+    b = make_batch(
+        [0, 0, 0],
+        [0, 0, 0],
+        "surface_pressure",
+        value=1e5,
+        station=np.array(["a", "b", "c"]),
+        obs_type=np.array(["synop", "synop", "marine"]),
+    )
     assert _flags(qc.check_blacklist(b, stations=["b"], obs_types=["marine"])) == ["PASS", "BLACKLISTED", "BLACKLISTED"]
 
 
@@ -41,7 +50,13 @@ def test_time_window_is_half_open():
 
 
 def test_gross_limits_from_the_schema_and_overrides():
-    b = make_batch([0, 0, 0], [0, 0, 0], np.array(["temperature", "temperature", "surface_pressure"]), pressure=[5e4, 5e4, np.nan], value=[400.0, 250.0, 2e5])
+    b = make_batch(
+        [0, 0, 0],
+        [0, 0, 0],
+        np.array(["temperature", "temperature", "surface_pressure"]),
+        pressure=[5e4, 5e4, np.nan],
+        value=[400.0, 250.0, 2e5],
+    )
     assert _flags(qc.check_gross(b)) == ["GROSS", "PASS", "GROSS"]
     assert _flags(qc.check_gross(b, {"temperature": (260.0, 300.0)})) == ["GROSS", "GROSS", "GROSS"]
 
@@ -54,7 +69,9 @@ def test_no_operator_and_outside_domain(layout, small_grid):
 
 
 def test_duplicates_keep_the_first():
-    b = make_batch([1, 1, 1], [2, 2, 2], "surface_pressure", value=[1e5, 1e5 + 1, 1e5], station=np.array(["x", "x", "y"]))
+    b = make_batch(
+        [1, 1, 1], [2, 2, 2], "surface_pressure", value=[1e5, 1e5 + 1, 1e5], station=np.array(["x", "x", "y"])
+    )
     assert _flags(qc.check_duplicates(b)) == ["PASS", "DUPLICATE", "PASS"]
 
 
@@ -88,7 +105,9 @@ def test_background_check_catches_injected_gross_errors(layout, small_grid):
     members = truth + 0.5 * torch.randn((8, *op.state_shape), generator=gen, dtype=torch.float64)
     rng = np.random.default_rng(0)
     n = 400
-    obs = make_batch(rng.uniform(-80, 80, n), rng.uniform(0, 360, n), "temperature", pressure=rng.uniform(25000, 95000, n), value=0.0)
+    obs = make_batch(
+        rng.uniform(-80, 80, n), rng.uniform(0, 360, n), "temperature", pressure=rng.uniform(25000, 95000, n), value=0.0
+    )
     y = op(truth, obs).numpy() + rng.normal(0.0, 1.0, n)
     gross = rng.random(n) < 0.05
     y[gross] += rng.choice([-1, 1], gross.sum()) * rng.uniform(8, 15, gross.sum())
@@ -119,7 +138,16 @@ def test_run_qc_sets_every_flag_and_the_first_failure_wins(layout, small_grid):
         ("u_component_of_wind", 7e4, 80.0, "sat", "amv", 0, "BACKGROUND_CHECK"),
     ]
     var, p, val, st, typ, dt, expected = map(np.array, zip(*rows))
-    b = make_batch(np.full(len(rows), 30.0), np.full(len(rows), 40.0), var, pressure=p.astype(float), value=val.astype(float), station=st, obs_type=typ, time=T0 + dt.astype("timedelta64[s]"))
+    b = make_batch(
+        np.full(len(rows), 30.0),
+        np.full(len(rows), 40.0),
+        var,
+        pressure=p.astype(float),
+        value=val.astype(float),
+        station=st,
+        obs_type=typ,
+        time=T0 + dt.astype("timedelta64[s]"),
+    )
     cfg = QCConfig(blacklist_stations=("bad",), thinning_km=500.0, background_sigma={"u_component_of_wind": 2.0})
     hx = np.where(b.variable == "u_component_of_wind", 10.0, 250.0)
     out = qc.run_qc(b, cfg, cycle=datetime(2000, 1, 1, 6), operator=op, hx_background=hx)
