@@ -2,9 +2,11 @@
 
 Contract: `interp_log_pressure(values, pressure, targets, dim)` interpolates
 `values` given at per-column pressures `pressure` (same shape as `values`,
-monotonically increasing along `dim`) to the 1-D `targets` (any order), linearly
-in ln p, with linear extrapolation in ln p beyond the outermost levels. The
-result has `len(targets)` entries along `dim`. Gradients flow to `values`.
+monotonically increasing along `dim`) to `targets`, linearly in ln p, with
+linear extrapolation in ln p beyond the outermost levels. `targets` is either
+1-D (the same target levels for every column, any order) or has the shape of
+`values` except along `dim` (per-column targets). The result has the targets'
+count along `dim`. Gradients flow to `values`.
 """
 
 from __future__ import annotations
@@ -25,8 +27,14 @@ def interp_log_pressure(
     n_src = v.shape[-1]
     v = v.reshape(-1, n_src)
     lp = lp.reshape(-1, n_src).contiguous()
-    lt = torch.log(torch.as_tensor(targets, dtype=values.dtype, device=values.device))
-    lt = lt.reshape(1, -1).expand(lp.shape[0], -1).contiguous()
+    targets = torch.as_tensor(targets, dtype=values.dtype, device=values.device)
+    if targets.ndim == 1:
+        lt = torch.log(targets).reshape(1, -1).expand(lp.shape[0], -1).contiguous()
+    else:
+        per_column = targets.movedim(dim, -1)
+        if per_column.shape[:-1] != batch_shape:
+            raise ValueError(f"per-column targets {tuple(targets.shape)} do not match values {tuple(values.shape)} off dim {dim}")
+        lt = torch.log(per_column.reshape(lp.shape[0], -1)).contiguous()
     upper = torch.searchsorted(lp, lt).clamp(1, n_src - 1)
     lower = upper - 1
     lp0, lp1 = lp.gather(1, lower), lp.gather(1, upper)

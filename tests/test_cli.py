@@ -23,7 +23,7 @@ def test_inspect_nature_run_summary_and_png(tiny_nature_run, tmp_path):
     png = tmp_path / "z500.png"
     res = runner.invoke(app, ["inspect", str(tiny_nature_run), "--var", "geopotential", "--level", "500", "--time", "-1", "--png", str(png)])
     assert res.exit_code == 0, res.output
-    for needle in ("temperature", "levels (hPa): [200, 300, 500, 700, 850, 1000]", "times: 8 from 2000-01-01T00:00:00", "T21"):
+    for needle in ("temperature", "levels (hPa): [50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 850, 925, 1000]", "times: 8 from 2000-01-01T00:00:00", "T21"):
         assert needle in res.output, needle
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
@@ -40,8 +40,8 @@ def test_inspect_errors_have_exit_codes(tiny_nature_run, tmp_path):
     assert missing.returncode == 3 and "does not exist" in missing.stderr
     bad_var = _run("inspect", tiny_nature_run, "--var", "vorticity", "--png", tmp_path / "x.png")
     assert bad_var.returncode == 4 and "no variable 'vorticity'" in bad_var.stderr
-    bad_level = _run("inspect", tiny_nature_run, "--var", "temperature", "--level", "925", "--png", tmp_path / "x.png")
-    assert bad_level.returncode == 4 and "[200, 300, 500, 700, 850, 1000]" in bad_level.stderr
+    bad_level = _run("inspect", tiny_nature_run, "--var", "temperature", "--level", "875", "--png", tmp_path / "x.png")
+    assert bad_level.returncode == 4 and "[50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 850, 925, 1000]" in bad_level.stderr
     assert not (tmp_path / "x.png").exists()
 
 

@@ -32,9 +32,9 @@ def test_schema_and_provenance(tiny_nature_run):
     ds = nr.open_nature_run(tiny_nature_run)
     assert set(ds.data_vars) == {"geopotential", "temperature", "u_component_of_wind", "v_component_of_wind", "surface_pressure"}
     assert ds["temperature"].dims == (grid.MEMBER, grid.TIME, grid.LEVEL, grid.LAT, grid.LON)
-    assert ds["temperature"].shape == (1, 8, 6, 32, 64)
+    assert ds["temperature"].shape == (1, 8, 13, 32, 64)
     assert ds["temperature"].dtype == np.float32
-    assert list(ds[grid.LEVEL].values) == [200, 300, 500, 700, 850, 1000]
+    assert list(ds[grid.LEVEL].values) == [50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 850, 925, 1000]
     assert np.all(np.diff(ds[grid.LAT].values) > 0)
     times = pd.DatetimeIndex(ds[grid.TIME].values)
     assert (times == pd.date_range("2000-01-01", periods=8, freq="6h")).all()

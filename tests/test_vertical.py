@@ -54,3 +54,13 @@ def test_shape_errors():
         interp_log_pressure(torch.zeros(3, 2), torch.ones(3, 3), torch.tensor([1.0]), dim=0)
     with pytest.raises(ValueError, match="at least 2"):
         interp_log_pressure(torch.zeros(1, 2), torch.ones(1, 2), torch.tensor([1.0]), dim=0)
+
+
+def test_per_column_targets_match_shared_targets():
+    p = _columns(6, 5, 2)  # (level, column)
+    values = torch.randn_like(p)
+    shared = torch.tensor([2.0e4, 6.0e4, 9.0e4], dtype=torch.float64)
+    per_col = shared[:, None].expand(-1, 5)
+    torch.testing.assert_close(
+        interp_log_pressure(values, p, per_col, dim=0), interp_log_pressure(values, p, shared, dim=0)
+    )

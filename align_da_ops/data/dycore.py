@@ -207,6 +207,25 @@ class HeldSuarezCore:
             "ps": to_latlon(ps_pa),
         }
 
+    @torch.no_grad()
+    def from_sigma_fields(self, u: torch.Tensor, v: torch.Tensor, t: torch.Tensor, ps: torch.Tensor):
+        """Inverse of `sigma_fields` (SI, (member, level, lat, lon); ps (member, 1, lat, lon)) -> modal state."""
+        grid = self.coords.horizontal
+        to_lonlat = lambda x: x.transpose(-1, -2).to(self.device, torch.float32)
+        scale_v = self._nondim(1.0, "m/s")
+        vorticity, divergence = grid.uv_nodal_to_vor_div_modal(to_lonlat(u) * scale_v, to_lonlat(v) * scale_v)
+        t_ref = torch.as_tensor(self.t_ref, dtype=torch.float32, device=self.device)[:, None, None]
+        t_variation = to_lonlat(t) * self._nondim(1.0, "degK") - t_ref
+        log_ps = torch.log(to_lonlat(ps) * self._nondim(1.0, "pascal"))
+        return primitive_equations.State(
+            vorticity=vorticity,
+            divergence=divergence,
+            temperature_variation=grid.to_modal(t_variation),
+            log_surface_pressure=grid.to_modal(log_ps),
+            tracers={},
+            sim_time=0.0,
+        )
+
     # -- restart serialisation --------------------------------------------------
     @staticmethod
     def to_arrays(state) -> dict[str, np.ndarray]:

@@ -1,0 +1,1 @@
+"""Forecast models: the background generator of the cycle (contract in `base`)."""
