@@ -1,0 +1,134 @@
+"""Verification scores against closed-form answers."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from align_da_ops import verify
+from align_da_ops.errors import SchemaError
+from align_da_ops.grid import Normalization, gaussian_latitudes
+from align_da_ops.obs.batch import ObsBatch
+
+LAT = gaussian_latitudes(8)
+CHANNELS = ("geopotential_500", "temperature_850")
+
+
+def fields(seed=0, shape=(2, 8, 16)) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=torch.float64) * torch.tensor([300.0, 3.0])[:, None, None]
+
+
+def test_rmse_of_constant_offset_is_the_offset_and_bias_its_sign():
+    truth = fields()
+    offset = torch.tensor([50.0, -0.7], dtype=torch.float64)[:, None, None]
+    torch.testing.assert_close(verify.wrmse(truth + offset, truth, LAT), torch.tensor([50.0, 0.7], dtype=torch.float64))
+    torch.testing.assert_close(verify.bias(truth + offset, truth, LAT), torch.tensor([50.0, -0.7], dtype=torch.float64))
+    torch.testing.assert_close(verify.wmae(truth + offset, truth, LAT), torch.tensor([50.0, 0.7], dtype=torch.float64))
+
+
+def test_latitude_weighting_matches_hand_computation():
+    lat = np.array([-60.0, 0.0, 60.0])
+    truth = torch.zeros(1, 3, 2, dtype=torch.float64)
+    x = torch.tensor([[[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]], dtype=torch.float64)
+    # weights cos(lat) / mean = [0.5, 1, 0.5] / (2/3) = [0.75, 1.5, 0.75]
+    expected_mse = (0.75 * 1 + 1.5 * 4 + 0.75 * 9) / 3
+    assert float(verify.wmse(x, truth, lat)) == pytest.approx(expected_mse, rel=1e-12)
+    assert float(verify.wrmse(x, truth, lat)) == pytest.approx(np.sqrt(expected_mse), rel=1e-12)
+    assert float(verify.bias(x, truth, lat)) == pytest.approx((0.75 + 3.0 + 2.25) / 3, rel=1e-12)
+    # leading dims are kept: a (time, C, lat, lon) input gives (time, C)
+    stacked = torch.stack([x, 2 * x])
+    assert verify.wrmse(stacked, truth, lat).shape == (2, 1)
+
+
+def test_acc_perfect_and_negated_anomaly():
+    truth, clim = fields(1), fields(2)
+    torch.testing.assert_close(verify.acc(truth, truth, clim, LAT), torch.ones(2, dtype=torch.float64))
+    negated = clim - (truth - clim)
+    torch.testing.assert_close(verify.acc(negated, truth, clim, LAT), -torch.ones(2, dtype=torch.float64))
+    # scaled anomalies keep ACC = 1 (correlation, not error)
+    torch.testing.assert_close(verify.acc(clim + 0.3 * (truth - clim), truth, clim, LAT), torch.ones(2, dtype=torch.float64))
+
+
+def test_normalized_mse_equals_mse_of_normalized_fields():
+    truth, x = fields(3), fields(4)
+    norm = Normalization(CHANNELS, np.array([5500.0, 270.0]), np.array([300.0, 10.0]), ("a", "b"))
+    zx = (x - torch.tensor([5500.0, 270.0])[:, None, None]) / torch.tensor([300.0, 10.0])[:, None, None]
+    zt = (truth - torch.tensor([5500.0, 270.0])[:, None, None]) / torch.tensor([300.0, 10.0])[:, None, None]
+    assert float(verify.normalized_mse(x, truth, norm)) == pytest.approx(float(((zx - zt) ** 2).mean()), rel=1e-12)
+    assert float(verify.normalized_mae(x, truth, norm)) == pytest.approx(float((zx - zt).abs().mean()), rel=1e-12)
+    weighted = verify.normalized_mse(x, truth, norm, lat=LAT)
+    assert float(weighted) == pytest.approx(float(verify.wmse(zx, zt, LAT).mean()), rel=1e-12)
+
+
+def test_spread_skill_of_calibrated_ensemble_is_one():
+    """Truth and members drawn from the same distribution: spread matches the error of the mean."""
+    g = torch.Generator().manual_seed(5)
+    n_members, cases = 5, 40
+    centre = torch.randn(cases, 2, 32, 64, generator=g, dtype=torch.float64) * 10
+    sigma = torch.tensor([2.0, 0.5], dtype=torch.float64)[:, None, None]
+    truth = centre + sigma * torch.randn(centre.shape, generator=g, dtype=torch.float64)
+    members = centre + sigma * torch.randn(n_members, *centre.shape, generator=g, dtype=torch.float64)
+    ss = verify.spread_skill(members, truth, gaussian_latitudes(32))
+    assert ss["ratio"].shape == (cases, 2)
+    ratio = (ss["spread"] ** 2).mean(0).sqrt() * np.sqrt(6 / 5) / (ss["skill"] ** 2).mean(0).sqrt()
+    torch.testing.assert_close(ratio, torch.ones(2, dtype=torch.float64), rtol=0.02, atol=0)
+    assert float(ss["ratio"].mean()) == pytest.approx(1.0, abs=0.03)
+    under = verify.spread_skill(centre + 0.5 * (members - centre), truth, gaussian_latitudes(32))
+    assert float(under["ratio"].mean()) < 0.6  # under-dispersive
+    with pytest.raises(ValueError, match=">= 2 members"):
+        verify.spread_skill(members[:1], truth, gaussian_latitudes(32))
+
+
+def test_state_scores_names_and_table():
+    truth = fields(6)
+    x = truth + torch.tensor([10.0, 1.0], dtype=torch.float64)[:, None, None]
+    norm = Normalization(CHANNELS, np.zeros(2), np.array([100.0, 1.0]), ("a", "b"))
+    s = verify.state_scores(x, truth, LAT, CHANNELS, norm=norm, climatology=torch.zeros_like(truth),
+                            members=torch.stack([x - 1, x + 1]))
+    assert s["wrmse_geopotential_500"] == pytest.approx(10.0)
+    assert s["bias_temperature_850"] == pytest.approx(1.0)
+    assert s["mse_normalized"] == pytest.approx((0.01 + 1.0) / 2)
+    assert {"acc_geopotential_500", "spread_temperature_850", "ssr_geopotential_500"} <= set(s)
+    t0 = datetime(2000, 1, 1)
+    records = [
+        {"cycle_time": t0 + timedelta(hours=6 * k), "lead": lead, "method": m, **verify.state_scores(x * (1 + k), truth, LAT, CHANNELS)}
+        for k in range(2) for lead in (0, 48) for m in ("threedvar", "background_only")
+    ]
+    table = verify.scores_table(records)
+    assert table.index.names == ["cycle_time", "lead", "method"]
+    assert table.shape == (8, 4)
+    assert table.index.get_level_values("lead").unique().tolist() == [pd.Timedelta(0), pd.Timedelta(hours=48)]
+    assert "wrmse_geopotential_500" in table.columns and table.dtypes.eq(float).all()
+    means = verify.mean_over_cycles(table)
+    assert means.shape == (4, 4)
+    with pytest.raises(ValueError, match="duplicate"):
+        verify.scores_table(records + records[:1])
+    with pytest.raises(ValueError, match="lacks \\['method'\\]"):
+        verify.scores_table([{"cycle_time": t0, "lead": 0}])
+    assert verify.scores_table([]).empty
+
+
+def test_observation_scores_stack_o_minus_b_and_o_minus_a():
+    obs = ObsBatch.from_columns(
+        latitude=np.array([10.0, 20.0]), longitude=np.array([0.0, 90.0]), pressure=np.array([50000.0, 50000.0]),
+        time=np.datetime64("2000-01-01T00:00:00"), variable="temperature", value=np.array([250.0, 252.0]),
+        error=np.array([1.0, 1.0]), obs_type="radiosonde",
+    )
+    table = verify.observation_scores(obs, np.array([249.0, 251.0]), np.array([249.5, 251.5]))
+    assert table["departure"].tolist() == ["O-B", "O-A"]
+    assert table["mean"].tolist() == pytest.approx([1.0, 0.5])
+    assert table["jo_per_n"].tolist() == pytest.approx([1.0, 0.25])
+
+
+def test_shape_errors():
+    with pytest.raises(SchemaError, match="do not broadcast"):
+        verify.wrmse(fields(), torch.zeros(3, 8, 16), LAT)
+    with pytest.raises(SchemaError, match="latitudes"):
+        verify.wrmse(fields(), fields(), LAT[:4])
+    with pytest.raises(SchemaError, match=r"\(3,\) values for 2 channels"):
+        verify.channel_scores("wrmse", torch.zeros(3), CHANNELS)
