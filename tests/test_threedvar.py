@@ -167,6 +167,8 @@ def test_satisfies_protocol_and_provenance(tmp_path):
     np.testing.assert_allclose(scaled.variances(), 2.0 * var.covariance.variances())
     with pytest.raises(SchemaError, match="has channels"):
         covariance_from_config(ThreeDVarConfig(covariance=path), ("temperature_500",), LAT, LON)
+    with pytest.raises(SchemaError, match="differs from the state's 8x16"):
+        covariance_from_config(ThreeDVarConfig(covariance=path), LAYOUT.channels, LAT, LON + 1.0)
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -190,6 +192,10 @@ def test_bad_inputs_raise_clear_errors():
         ThreeDVarConfig(kind="threedvar", tolerance=2.0)
     with pytest.raises(ValidationError):
         ThreeDVarConfig(unknown=1)
+    with pytest.raises(ValidationError, match="'temprature'"):
+        ThreeDVarConfig(sigma_b={"temprature": 1.0})
+    with pytest.raises(ValidationError, match="must be >= 0"):
+        ThreeDVarConfig(sigma_b={"temperature_500": -1.0})
 
 
 def test_conjugate_gradient_solves_spd_system():

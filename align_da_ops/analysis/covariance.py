@@ -412,7 +412,8 @@ class NMCAccumulator:
             self._shift = coeffs.mean(0)
         coeffs = coeffs - self._shift
         self._sum += coeffs.sum(0)
-        self._sum_sq += torch.einsum("sckl,sdkl->lcd", coeffs, coeffs)
+        per_l = coeffs.permute(3, 1, 0, 2).reshape(coeffs.shape[3], coeffs.shape[1], -1)  # (L, C, S*K)
+        self._sum_sq += per_l @ per_l.transpose(1, 2)
         self.count += int(x.shape[0])
 
     def covariance(self, demean: bool = True, couple: str = "vertical", scale: float = 1.0) -> SpectralCovariance:

@@ -1,7 +1,7 @@
 """3D-Var with a static spectral B, minimised by conjugate gradients in control-variable space.
 
-Incremental 3D-Var (Courtier et al. 1998; Lorenc 1986) with the control-variable
-transform x = x_b + B^{1/2} v (Derber & Rosati 1989):
+Incremental 3D-Var (Lorenc 1986; Courtier et al. 1998) with the control-variable
+transform x = x_b + B^{1/2} v (Courtier et al. 1998, QJRMS 124):
 
     J(v) = ½ vᵀv + ½ (d − H B^{1/2} v)ᵀ R⁻¹ (d − H B^{1/2} v),   d = y − H(x_b),
 
@@ -25,11 +25,12 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from align_da_ops.analysis.base import AnalysisResult
 from align_da_ops.analysis.covariance import SpectralCovariance, SpectralOperator, channel_variable_level
 from align_da_ops.errors import ObservationError, SchemaError
+from align_da_ops.grid import SURFACE, UPPER_AIR
 from align_da_ops.obs.batch import ObsBatch
 
 # Background-error std per variable (schema units) for the parametric B: typical
@@ -89,6 +90,18 @@ class ThreeDVarConfig(BaseModel):
         default="float64", description="Floating-point precision of the minimisation."
     )
 
+    @field_validator("sigma_b")
+    @classmethod
+    def _sigma_keys(cls, value: dict[str, float]) -> dict[str, float]:
+        upper, surface = UPPER_AIR, SURFACE
+        for key, sigma in value.items():
+            variable, _, level = key.rpartition("_")
+            if key not in upper + surface and not (variable in upper and level.isdigit()):
+                raise ValueError(f"sigma_b key {key!r} is neither a variable {upper + surface} nor '<upper-air variable>_<hPa>'")
+            if not sigma >= 0:
+                raise ValueError(f"sigma_b[{key!r}] must be >= 0; got {sigma}")
+        return value
+
 
 def sigma_for_channels(channels: Sequence[str], sigma_b: dict[str, float]) -> np.ndarray:
     """(C,) σ_b per channel: the channel's own entry, else its variable's; error naming what is missing."""
@@ -111,7 +124,8 @@ def covariance_from_config(cfg: ThreeDVarConfig, channels: Sequence[str], latitu
         if cov.channels != tuple(channels):
             raise SchemaError(f"B file {cfg.covariance} has channels {cov.channels}; the state has {tuple(channels)}")
         lat, lon = np.asarray(latitudes, np.float64), np.asarray(longitudes, np.float64)
-        if cov.latitudes.shape != lat.shape or not np.allclose(cov.latitudes, lat, atol=1e-6) or cov.longitudes.shape != lon.shape:
+        same = cov.latitudes.shape == lat.shape and cov.longitudes.shape == lon.shape
+        if not (same and np.allclose(cov.latitudes, lat, atol=1e-6) and np.allclose(cov.longitudes, lon, atol=1e-6)):
             raise SchemaError(f"B file {cfg.covariance} is on a {len(cov.latitudes)}x{len(cov.longitudes)} grid "
                               f"that differs from the state's {len(lat)}x{len(lon)}")
     else:
