@@ -55,7 +55,8 @@ def _lat_weights(lat, x: torch.Tensor) -> torch.Tensor:
     """(lat, 1) weights, cos(lat) normalised to mean 1, on x's device."""
     lat = np.asarray(lat, dtype=np.float64)
     if lat.shape != (x.shape[-2],):
-        raise SchemaError(f"{lat.shape[0] if lat.ndim == 1 else lat.shape} latitudes for fields with {x.shape[-2]} rows")
+        got = lat.shape[0] if lat.ndim == 1 else lat.shape
+        raise SchemaError(f"{got} latitudes for fields with {x.shape[-2]} rows")
     return torch.as_tensor(latitude_weights(lat), dtype=torch.float64, device=x.device)[:, None]
 
 

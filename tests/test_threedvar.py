@@ -8,7 +8,6 @@ import torch
 from pydantic import ValidationError
 
 from align_da_ops.analysis.base import AnalysisMethod, AnalysisResult
-from align_da_ops.analysis.covariance import SpectralCovariance
 from align_da_ops.analysis.threedvar import (
     ThreeDVar,
     ThreeDVarConfig,
@@ -42,7 +41,8 @@ def make_obs(lat, lon, variable, pressure_hpa, value, error) -> ObsBatch:
 def background() -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     base = torch.tensor([250.0, 280.0, 1.0e5], dtype=torch.float64)[:, None, None]
-    return base + torch.randn(3, 8, 16, generator=g, dtype=torch.float64) * torch.tensor([2.0, 2.0, 200.0])[:, None, None]
+    spread = torch.tensor([2.0, 2.0, 200.0], dtype=torch.float64)[:, None, None]
+    return base + torch.randn(3, 8, 16, generator=g, dtype=torch.float64) * spread
 
 
 def method(cfg: ThreeDVarConfig = CFG) -> ThreeDVar:
@@ -72,7 +72,7 @@ def mixed_obs(xb: torch.Tensor) -> ObsBatch:
     obs = make_obs(
         lat=[-61.3, -20.0, 5.5, 33.3, 47.0, 70.2, 12.0],
         lon=[10.0, 100.5, 359.0, 200.0, 47.0, 300.0, 150.0],
-        variable=["temperature", "temperature", "temperature", "temperature", "surface_pressure", "surface_pressure", "temperature"],
+        variable=["temperature"] * 4 + ["surface_pressure"] * 2 + ["temperature"],
         pressure_hpa=[500.0, 850.0, 700.0, 600.0, np.nan, np.nan, 850.0],
         value=np.zeros(7), error=[1.0, 0.5, 0.8, 1.2, 100.0, 80.0, 0.7],
     )
@@ -89,7 +89,8 @@ def test_threedvar_equals_dense_blue():
     b, h = dense_matrices(var, op)
     expected = blue(xb, b, h, obs)
     increment = expected - xb.numpy()
-    np.testing.assert_allclose(result.analysis.numpy() - xb.numpy(), increment, rtol=0, atol=1e-9 * np.abs(increment).max())
+    got = result.analysis.numpy() - xb.numpy()
+    np.testing.assert_allclose(got, increment, rtol=0, atol=1e-9 * np.abs(increment).max())
     d = result.diagnostics
     assert d["converged"] == 1.0 and d["iterations"] <= len(obs) + 1  # CG: at most rank(HU)+1 steps
     assert d["jo_per_n_analysis"] < d["jo_per_n_background"] and d["j_final"] < d["j_initial"]
@@ -187,7 +188,8 @@ def test_bad_inputs_raise_clear_errors():
         var.analyse(nan_bg, obs, op, torch.Generator())
     with pytest.raises(ValueError, match="no entry for channel 'surface_pressure'"):
         sigma_for_channels(LAYOUT.channels, {"temperature": 1.0})
-    assert sigma_for_channels(LAYOUT.channels, {"temperature": 1.0, "temperature_850": 2.0, "surface_pressure": 3.0}).tolist() == [1.0, 2.0, 3.0]
+    overrides = {"temperature": 1.0, "temperature_850": 2.0, "surface_pressure": 3.0}
+    assert sigma_for_channels(LAYOUT.channels, overrides).tolist() == [1.0, 2.0, 3.0]
     with pytest.raises(ValidationError):
         ThreeDVarConfig(kind="threedvar", tolerance=2.0)
     with pytest.raises(ValidationError):

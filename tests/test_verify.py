@@ -51,7 +51,8 @@ def test_acc_perfect_and_negated_anomaly():
     negated = clim - (truth - clim)
     torch.testing.assert_close(verify.acc(negated, truth, clim, LAT), -torch.ones(2, dtype=torch.float64))
     # scaled anomalies keep ACC = 1 (correlation, not error)
-    torch.testing.assert_close(verify.acc(clim + 0.3 * (truth - clim), truth, clim, LAT), torch.ones(2, dtype=torch.float64))
+    scaled = verify.acc(clim + 0.3 * (truth - clim), truth, clim, LAT)
+    torch.testing.assert_close(scaled, torch.ones(2, dtype=torch.float64))
 
 
 def test_normalized_mse_equals_mse_of_normalized_fields():
@@ -96,7 +97,8 @@ def test_state_scores_names_and_table():
     assert {"acc_geopotential_500", "spread_temperature_850", "ssr_geopotential_500"} <= set(s)
     t0 = datetime(2000, 1, 1)
     records = [
-        {"cycle_time": t0 + timedelta(hours=6 * k), "lead": lead, "method": m, **verify.state_scores(x * (1 + k), truth, LAT, CHANNELS)}
+        {"cycle_time": t0 + timedelta(hours=6 * k), "lead": lead, "method": m,
+         **verify.state_scores(x * (1 + k), truth, LAT, CHANNELS)}
         for k in range(2) for lead in (0, 48) for m in ("threedvar", "background_only")
     ]
     table = verify.scores_table(records)

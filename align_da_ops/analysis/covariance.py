@@ -87,7 +87,9 @@ class SphericalBasis:
         t_max = min(nlat - 1, (nlon - 1) // 2)
         t = t_max if truncation is None else int(truncation)
         if not 0 <= t <= t_max:
-            raise SchemaError(f"truncation={t} must lie in 0..{t_max} for a {nlat}x{nlon} grid (T <= nlat-1, 2T < nlon)")
+            raise SchemaError(
+                f"truncation={t} must lie in 0..{t_max} for a {nlat}x{nlon} grid (T <= nlat-1, 2T < nlon)"
+            )
         self.latitudes, self.longitudes, self.truncation = lat, lon, t
         n_l = t + 1
         p = associated_legendre.evaluate(n_m=n_l, n_l=n_l, x=np.sin(np.deg2rad(lat)))  # (M, nlat, L)
@@ -121,7 +123,7 @@ class SphericalBasis:
 
     def tensors(self, device, dtype) -> dict[str, torch.Tensor]:
         names = ("legendre", "fourier", "fourier_analysis", "legendre_analysis", "mask")
-        return {n: torch.as_tensor(np.asarray(getattr(self, n), dtype=np.float64), dtype=dtype, device=device) for n in names}
+        return {n: torch.as_tensor(np.asarray(getattr(self, n), np.float64), dtype=dtype, device=device) for n in names}
 
 
 def _check_grid(latitudes, longitudes) -> tuple[np.ndarray, np.ndarray]:
@@ -154,7 +156,8 @@ class SpectralCovariance:
             raise ValueError("spectra contain NaN or Inf")
         scale = max(float(np.abs(s).max()), 1e-300)
         if np.abs(s - s.transpose(0, 2, 1)).max() > 1e-10 * scale:
-            raise ValueError(f"spectra are not symmetric: max |S - Sᵀ| = {np.abs(s - s.transpose(0, 2, 1)).max():.3g}")
+            asym = np.abs(s - s.transpose(0, 2, 1)).max()
+            raise ValueError(f"spectra are not symmetric: max |S - Sᵀ| = {asym:.3g}")
         if np.any(np.diagonal(s, axis1=1, axis2=2) < 0):
             raise ValueError("spectra have negative variances on the diagonal")
         for c in channels:
@@ -195,7 +198,9 @@ class SpectralCovariance:
         sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (c,))
         length = np.broadcast_to(np.asarray(length_m, dtype=np.float64), (c,))
         if np.any(sigma < 0) or np.any(length <= 0):
-            raise ValueError(f"sigma must be >= 0 and length > 0; got sigma={sigma.tolist()}, length_m={length.tolist()}")
+            raise ValueError(
+                f"sigma must be >= 0 and length > 0; got sigma={sigma.tolist()}, length_m={length.tolist()}"
+            )
         l = np.arange(basis.truncation + 1, dtype=np.float64)
         shape = np.exp(-np.outer(l * (l + 1), length**2 / (2 * EARTH_RADIUS_M**2)))  # (L, C)
         point_var = ((2 * l + 1) / (4 * np.pi)) @ shape  # (C,)
@@ -281,7 +286,9 @@ class SpectralCovariance:
         cov = cls(data["spectra"], data["channels"].tolist(), data["latitudes"], data["longitudes"])
         stored = str(data.get("content_hash", ""))
         if stored and stored != cov.content_hash():
-            raise InputDataError(f"{path}: content hash {stored[:12]}… does not match the data {cov.content_hash()[:12]}…")
+            raise InputDataError(
+                f"{path}: content hash {stored[:12]}… does not match the data {cov.content_hash()[:12]}…"
+            )
         return cov
 
     def operator(self, device="cpu", dtype=torch.float64) -> "SpectralOperator":

@@ -97,7 +97,9 @@ class ThreeDVarConfig(BaseModel):
         for key, sigma in value.items():
             variable, _, level = key.rpartition("_")
             if key not in upper + surface and not (variable in upper and level.isdigit()):
-                raise ValueError(f"sigma_b key {key!r} is neither a variable {upper + surface} nor '<upper-air variable>_<hPa>'")
+                raise ValueError(
+                    f"sigma_b key {key!r} is neither a variable {upper + surface} nor '<upper-air variable>_<hPa>'"
+                )
             if not sigma >= 0:
                 raise ValueError(f"sigma_b[{key!r}] must be >= 0; got {sigma}")
         return value
@@ -110,7 +112,9 @@ def sigma_for_channels(channels: Sequence[str], sigma_b: dict[str, float]) -> np
         variable, _ = channel_variable_level(name)
         value = sigma_b.get(name, sigma_b.get(variable))
         if value is None:
-            raise ValueError(f"sigma_b has no entry for channel {name!r} or variable {variable!r}; keys: {sorted(sigma_b)}")
+            raise ValueError(
+                f"sigma_b has no entry for channel {name!r} or variable {variable!r}; keys: {sorted(sigma_b)}"
+            )
         if not value >= 0:
             raise ValueError(f"sigma_b[{name!r}] must be >= 0; got {value}")
         out.append(float(value))
@@ -212,7 +216,9 @@ class ThreeDVar:
 
     def analyse(self, background: torch.Tensor, obs: ObsBatch, operator, generator=None) -> AnalysisResult:
         if tuple(background.shape) != self.covariance.grid_shape:
-            raise SchemaError(f"background shape {tuple(background.shape)} != B's (channel, lat, lon) {self.covariance.grid_shape}")
+            raise SchemaError(
+                f"background shape {tuple(background.shape)} != B's (channel, lat, lon) {self.covariance.grid_shape}"
+            )
         if not torch.isfinite(background).all():
             raise ValueError(f"background has {int((~torch.isfinite(background)).sum())} NaN/Inf values")
         if len(obs) == 0:
@@ -228,8 +234,10 @@ class ThreeDVar:
         y, rinv = _observations(obs, dtype, device)
         hxb = operator(xb)
         if hxb.shape != y.shape or not torch.isfinite(hxb).all():
-            raise ObservationError(f"H(x_b) has shape {tuple(hxb.shape)} with {int((~torch.isfinite(hxb)).sum())} "
-                                   f"non-finite values; expected ({len(obs)},) finite (pass only QC-passed, supported rows)")
+            raise ObservationError(
+                f"H(x_b) has shape {tuple(hxb.shape)} with {int((~torch.isfinite(hxb)).sum())} non-finite values; "
+                f"expected ({len(obs)},) finite (pass only QC-passed, supported rows)"
+            )
         d = y - hxb
         h_adj = operator_adjoint(operator, tuple(xb.shape), dtype, device)
 
@@ -259,12 +267,11 @@ def _observations(obs: ObsBatch, dtype, device) -> tuple[torch.Tensor, torch.Ten
     """y and R⁻¹ = 1/σ_o² as tensors; errors name the offending rows."""
     if not obs.passed.all():
         raise ObservationError(f"{int((~obs.passed).sum())} observations have not passed QC; select passing rows first")
-    bad_value = ~np.isfinite(obs.value)
-    bad_error = ~(np.isfinite(obs.error) & (obs.error > 0))
-    if bad_value.any() or bad_error.any():
+    bad = ~np.isfinite(obs.value) | ~(np.isfinite(obs.error) & (obs.error > 0))
+    if bad.any():
         raise ObservationError(
-            f"observations need finite values and errors > 0; rows {np.flatnonzero(bad_value | bad_error)[:10].tolist()} "
-            f"have value {obs.value[bad_value | bad_error][:3].tolist()}, error {obs.error[bad_value | bad_error][:3].tolist()}"
+            f"observations need finite values and errors > 0; rows {np.flatnonzero(bad)[:10].tolist()} "
+            f"have value {obs.value[bad][:3].tolist()}, error {obs.error[bad][:3].tolist()}"
         )
     y = torch.as_tensor(np.array(obs.value), dtype=dtype, device=device)
     rinv = torch.as_tensor(1.0 / obs.error**2, dtype=dtype, device=device)
