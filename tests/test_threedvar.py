@@ -209,3 +209,26 @@ def test_conjugate_gradient_solves_spd_system():
     torch.testing.assert_close(x, torch.linalg.solve(a, rhs))
     assert iterations <= 7 and reduction <= 1e-13
     assert isinstance(AnalysisResult(analysis=x), AnalysisResult)
+
+
+@pytest.mark.gpu
+def test_threedvar_nmc_and_scores_on_cuda():
+    """Device follows the inputs: CUDA results match CPU (run with `pytest -m gpu`)."""
+    if not torch.cuda.is_available():
+        pytest.fail("gpu tests need a CUDA device (deselect with -m 'not gpu')")
+    from align_da_ops import verify
+    from align_da_ops.analysis.covariance import estimate_nmc
+
+    cuda = torch.device("cuda")
+    var, xb = method(), background()
+    obs = mixed_obs(xb)
+    op = GridInterpolator(LAYOUT, LAT, LON).prepare(obs, cuda)
+    cpu = var.analyse(xb, obs, GridInterpolator(LAYOUT, LAT, LON).prepare(obs), torch.Generator()).analysis
+    gpu = var.analyse(xb.to(cuda), obs, op, torch.Generator(cuda))
+    assert gpu.analysis.device.type == "cuda"
+    torch.testing.assert_close(gpu.analysis.cpu(), cpu, rtol=1e-10, atol=1e-8)
+    b_cuda = var.covariance.operator(cuda)
+    samples = b_cuda.sqrt(torch.randn(20, *b_cuda.control_shape, device=cuda, dtype=torch.float64))
+    est = estimate_nmc(samples, LAYOUT.channels, LAT, LON)
+    assert np.all(est.variances() > 0)
+    assert verify.wrmse(gpu.analysis, xb.to(cuda), LAT).device.type == "cuda"
