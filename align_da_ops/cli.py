@@ -127,9 +127,12 @@ def inspect(
     member: int = typer.Option(0, help="Member (trajectory) index."),
     png: Optional[Path] = typer.Option(None, help="Write a PNG map of --var here."),
 ):
-    """Summarise a state store (Zarr or GRIB); optionally write a PNG map of one field."""
-    from align_da_ops.inspection import open_any, select_map, summary, write_map_png
+    """Summarise a state store (Zarr or GRIB) or a cycling archive; optionally write PNGs."""
+    from align_da_ops.inspection import is_archive, open_any, select_map, summary, write_map_png
 
+    if is_archive(path):
+        _inspect_archive(path, variable or "geopotential", level if level is not None else (500 if variable is None else None), png)
+        return
     ds = open_any(path)
     info = summary(ds)
     table = Table(title=str(path))
@@ -157,6 +160,148 @@ def inspect(
         out.print(f"wrote {write_map_png(da, png, title)}")
 
 
+def _inspect_archive(path: Path, variable: str, level: Optional[int], png_dir: Optional[Path]) -> None:
+    from align_da_ops import evaluation
+    from align_da_ops.archive import Archive
+    from align_da_ops.inspection import write_archive_pngs
+
+    archive = Archive.open(path)
+    done = archive.done_cycles()
+    out.print(f"archive {path}: experiment {archive.meta['experiment']}, {len(done)} cycles done"
+              + (f", {done[0]} .. {done[-1]}" if done else ""))
+    if not done:
+        return
+    truth, norm = _truth_for(archive)
+    scores = None
+    if truth is not None:
+        scores = evaluation.archive_scores(archive, truth, archive.meta["experiment"], norm=norm)
+        _print_scores({archive.meta["experiment"]: scores}, archive.leads)
+    flags = [c for c in done if archive.provenance(c).get("fallback") or archive.provenance(c).get("no_observations")]
+    if flags:
+        out.print(f"flagged cycles (fallback / no observations): {', '.join(map(str, flags[:10]))}")
+    obs = evaluation.observation_table(archive, done[-4:])
+    if len(obs):
+        summary_obs = obs.groupby(["departure", "obs_type", "variable"])[["count", "rms", "jo_per_n"]].mean().reset_index()
+        table = Table(title="observation departures (last 4 cycles, mean per cycle)")
+        for col in summary_obs.columns:
+            table.add_column(col)
+        for row in summary_obs.itertuples(index=False):
+            table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
+        out.print(table)
+    if png_dir is not None:
+        for p in write_archive_pngs(archive, scores, obs, truth, png_dir, variable, level):
+            out.print(f"wrote {p}")
+
+
+def _truth_for(archive):
+    """The nature run the archive's campaign cycled against (OSSE), via its provenance; else None."""
+    from align_da_ops.campaign import load_campaign
+
+    prov = archive.provenance(archive.done_cycles()[0])
+    source = prov.get("campaign_file")
+    if not source or not Path(source).exists():
+        return None, None
+    _, experiment = load_campaign(source)
+    if experiment.data.kind != "nature_run":
+        return None, None
+    from align_da_ops.data.sources import open_states, read_normalization
+
+    return open_states(experiment), read_normalization(experiment.nature_run.output)
+
+
+def _print_scores(tables: dict, leads) -> None:
+    from align_da_ops.evaluation import HEADLINE, drift, headline
+
+    table = Table(title="mean WRMSE against truth (z500 m²/s², t850 K, u/v500 m/s)")
+    for col in ("run", "lead", *[f"{v[:1]}{p}" for v, p in HEADLINE], "mse_norm", "drift z500"):
+        table.add_column(col)
+    for name, scores in tables.items():
+        present = set(scores.index.get_level_values("lead"))
+        for lead in (0, *leads):
+            import pandas as pd
+
+            if pd.Timedelta(hours=lead) not in present:
+                continue
+            h = headline(scores, lead)
+            sel = scores.xs(pd.Timedelta(hours=lead), level="lead")
+            d = drift(scores, lead).get("geopotential_500", float("nan"))
+            table.add_row(name, "analysis" if lead == 0 else f"+{lead} h", *[f"{x:.3g}" for x in h.values()],
+                          f"{sel['mse_normalized'].mean():.4f}" if "mse_normalized" in sel else "", f"{d:.2f}")
+    out.print(table)
+
+
+# -- cycling ---------------------------------------------------------------------------------
+def _context(campaign_path: Path):
+    from align_da_ops.campaign import load_campaign
+    from align_da_ops.wiring import build_context
+
+    campaign, experiment = load_campaign(campaign_path)
+    ctx = build_context(campaign, experiment)
+    ctx.provenance["campaign_file"] = str(campaign_path.resolve())
+    return ctx
+
+
+@app.command("cycle")
+def cycle_cmd(
+    campaign: Path,
+    at: str = typer.Option(..., "--at", help="Cycle time, e.g. 2000-01-11T06 or 2000011106."),
+    force: bool = typer.Option(False, help="Redo the cycle even if it is done."),
+):
+    """Run one cycle of a campaign (its predecessor must be done, unless it is the first)."""
+    from align_da_ops.engine import run_cycle
+    from align_da_ops.times import CycleTime
+
+    ctx = _context(campaign)
+    with ctx.archive.locked():
+        outcome = run_cycle(ctx, CycleTime.parse(at), force=force)
+    out.print(f"{outcome.cycle}: {outcome.status} ({sum(outcome.wall_s.values()):.2f} s)")
+
+
+@app.command("replay")
+def replay_cmd(
+    campaign: Path,
+    start: Optional[str] = typer.Option(None, help="First cycle (default: the campaign's start)."),
+    end: Optional[str] = typer.Option(None, help="Last cycle (default: the campaign's end)."),
+    force: bool = typer.Option(False, help="Redo cycles already done."),
+):
+    """Run a period's cycles back to back; rerun after a crash or Ctrl-C to resume."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from align_da_ops.replay import replay
+    from align_da_ops.times import CycleTime
+
+    ctx = _context(campaign)
+    first = CycleTime.parse(start) if start else ctx.campaign.first
+    last = CycleTime.parse(end) if end else ctx.campaign.last
+    if last is None:
+        raise typer.BadParameter("this campaign has no end; give --end")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task(ctx.campaign.name, total=None)
+        outcomes = replay(ctx, first, last, force=force,
+                          progress=lambda o, i, n: bar.update(task, completed=i, total=n, description=f"{ctx.campaign.name} {o.cycle}"))
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "fallback")}
+    out.print(f"{ctx.campaign.name}: {counts['done']} cycles run, {counts['skipped']} already done, {counts['fallback']} fallbacks")
+
+
+@app.command("serve")
+def serve_cmd(
+    campaign: Path,
+    accelerate: float = typer.Option(1.0, help="Simulated seconds per wall second (OSSE demos)."),
+    origin: Optional[str] = typer.Option(None, help="Simulated time at start (with --accelerate)."),
+    tick: Optional[float] = typer.Option(None, help="Wall seconds between checks (default: the 6-hourly cron)."),
+):
+    """Continuous cycling at 00/06/12/18 UTC + cut-off; catches up missed cycles; stops on SIGTERM."""
+    from datetime import datetime as _dt
+
+    from align_da_ops.scheduler import Clock, serve
+
+    ctx = _context(campaign)
+    clock = Clock(factor=accelerate, origin=_dt.fromisoformat(origin) if origin else None)
+    ran = serve(ctx, clock, tick_seconds=tick if tick is not None else (1.0 if accelerate != 1.0 else None))
+    out.print(f"{ctx.campaign.name}: service stopped after {ran} cycles")
+
+
 # -- bench -------------------------------------------------------------------------------
 @bench_app.command("nature-run")
 def bench_nature_run(
@@ -179,6 +324,35 @@ def bench_nature_run(
         table.add_column(col)
     for r in rows:
         table.add_row(r["device"], r["grid"], f"{r['dt_min']:g}", str(r["members"]), f"{r['s_per_6h']:.3f}", f"{r['s_per_6h_per_member']:.3f}", f"{r['ratio_to_first']:.2f}")
+    out.print(table)
+
+
+@bench_app.command("cycling")
+def bench_cycling(
+    campaigns: list[Path] = typer.Argument(..., help="Campaign files; each is replayed first if not done."),
+):
+    """Per method: analysis and 48-h forecast WRMSE (z500, t850, u/v500) and seconds per cycle by stage."""
+    from align_da_ops import evaluation
+    from align_da_ops.data.sources import open_states, read_normalization
+    from align_da_ops.replay import replay
+
+    tables, stages = {}, {}
+    for path in campaigns:
+        ctx = _context(path)
+        if ctx.campaign.last is None:
+            raise typer.BadParameter(f"{path} has no end")
+        replay(ctx, ctx.campaign.first, ctx.campaign.last)
+        truth = open_states(ctx.experiment)
+        norm = read_normalization(ctx.experiment.nature_run.output) if ctx.experiment.nature_run else None
+        tables[ctx.campaign.name] = evaluation.archive_scores(ctx.archive, truth, ctx.campaign.name, norm=norm)
+        stages[ctx.campaign.name] = evaluation.stage_seconds(ctx.archive)
+    _print_scores(tables, (48,))
+    table = Table(title="seconds per cycle by stage (mean over cycles)")
+    names = sorted({k for s in stages.values() for k in s})
+    for col in ("run", *names, "total"):
+        table.add_column(col)
+    for run, s in stages.items():
+        table.add_row(run, *[f"{s.get(k, 0):.3f}" for k in names], f"{sum(s.values()):.3f}")
     out.print(table)
 
 

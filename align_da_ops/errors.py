@@ -43,3 +43,15 @@ class ObservationError(InputDataError):
     """Observations are unreadable or inconsistent (bad file, bad column, unknown variable)."""
 
     exit_code = 3
+
+
+class ArchiveError(AlignDAError):
+    """The archive cannot be written as asked (already done, locked by another engine, mismatched)."""
+
+    exit_code = 7
+
+
+class CycleFailedError(AlignDAError):
+    """A cycle's analysis failed its checks (NaN/Inf, collapsed ensemble) and no fallback was allowed."""
+
+    exit_code = 8

@@ -1,0 +1,120 @@
+"""Campaigns (files in cycles/): which experiment, which period, how to cycle, where to archive.
+
+A campaign names the experiment config (the world: state, data, splits), the
+mode (replay: as fast as possible; continuous: on the 6-hourly clock), the
+period, the observation sources, the analysis method, the forecast model, the
+cold start and the archive. Pydantic v2, frozen, unknown keys refused.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from align_da_ops.analysis.threedvar import ThreeDVarConfig
+from align_da_ops.config import ExperimentConfig, Frozen, _format_errors, load_config
+from align_da_ops.errors import ConfigError
+from align_da_ops.obs.config import ObservationsConfig
+from align_da_ops.times import CycleTime
+
+
+class BackgroundOnlyConfig(Frozen):
+    """No assimilation: the free-running reference."""
+
+    kind: Literal["background_only"] = "background_only"
+
+
+AnalysisConfig = Annotated[Union[BackgroundOnlyConfig, ThreeDVarConfig], Field(discriminator="kind")]
+
+
+class DynamicalCoreForecastConfig(Frozen):
+    """The nature run's own core (perfect-model OSSE, up to the pressure/sigma round trip)."""
+
+    kind: Literal["dynamical_core"] = "dynamical_core"
+
+
+class PersistenceForecastConfig(Frozen):
+    """Persistence: the forecast equals the analysis."""
+
+    kind: Literal["persistence"] = "persistence"
+
+
+ForecastConfig = Annotated[
+    Union[DynamicalCoreForecastConfig, PersistenceForecastConfig], Field(discriminator="kind")
+]
+
+
+class NatureRunOffsetStart(Frozen):
+    """Cold start from the truth `offset_days` earlier: a realistic state unrelated to the truth at start."""
+
+    kind: Literal["truth_offset"] = "truth_offset"
+    offset_days: float = Field(default=10.0, gt=0, description="Days between the start state's valid time and start.")
+
+
+ColdStartConfig = Annotated[Union[NatureRunOffsetStart], Field(discriminator="kind")]
+
+
+class CampaignConfig(Frozen):
+    """One cycling campaign."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", description="Short identifier (seeds, paths).")
+    config: Path = Field(description="Experiment config YAML (relative to the working directory).")
+    mode: Literal["replay", "continuous"] = "replay"
+    start: datetime = Field(description="First cycle (cold start).")
+    end: datetime | None = Field(default=None, description="Last cycle (inclusive); None: open-ended (continuous).")
+    observations: ObservationsConfig = Field(default_factory=ObservationsConfig)
+    analysis: AnalysisConfig = Field(default_factory=BackgroundOnlyConfig)
+    forecast_model: ForecastConfig = Field(default_factory=DynamicalCoreForecastConfig)
+    cold_start: ColdStartConfig = Field(default_factory=NatureRunOffsetStart)
+    leads_hours: tuple[int, ...] = Field(default=(6, 24, 48), description="Forecast leads archived (must include 6).")
+    archive: Path = Field(description="Archive directory.")
+    seed: int = Field(default=0, ge=0, description="Base of every per-cycle, per-member seed.")
+    on_failure: Literal["fail", "background"] = Field(
+        default="background", description="A failed analysis: stop (fail) or archive the background, flagged."
+    )
+    cutoff: timedelta = Field(default=timedelta(hours=1), ge=timedelta(0), description="Observation cut-off after cycle time.")
+
+    @model_validator(mode="after")
+    def _checks(self):
+        CycleTime(self.start)
+        if self.end is not None:
+            CycleTime(self.end)
+            if self.end < self.start:
+                raise ValueError(f"end={self.end.isoformat()} is before start={self.start.isoformat()}")
+        elif self.mode == "replay":
+            raise ValueError("a replay campaign needs an end")
+        if not timedelta(0) <= self.cutoff < timedelta(hours=6):
+            raise ValueError(f"cutoff must be under 6 h; got {self.cutoff}")
+        if 6 not in self.leads_hours or any(h <= 0 or h % 6 for h in self.leads_hours):
+            raise ValueError(f"leads_hours must be positive multiples of 6 including 6; got {self.leads_hours}")
+        return self
+
+    @property
+    def first(self) -> CycleTime:
+        return CycleTime(self.start)
+
+    @property
+    def last(self) -> CycleTime | None:
+        return None if self.end is None else CycleTime(self.end)
+
+
+def load_campaign(path: str | Path) -> tuple[CampaignConfig, ExperimentConfig]:
+    """Read and validate a campaign and the experiment config it names."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read campaign {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"campaign {path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"campaign {path} must be a YAML mapping at top level")
+    try:
+        campaign = CampaignConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, path)) from None
+    return campaign, load_config(campaign.config)

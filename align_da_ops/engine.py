@@ -1,0 +1,142 @@
+"""`run_cycle`: the one recipe used by the CLI, the scheduler and replays.
+
+Idempotent and restartable: the archive is the source of truth. A done cycle is
+skipped (unless forced); the background of cycle t is the archived 6-h
+forecast of cycle t-6h (the first cycle cold-starts); nothing is written until
+the analysis has passed its checks; the archive writes data first and the
+done flag last. Deterministic on CPU: seeds derive from (campaign, cycle, member).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import torch
+
+from align_da_ops.analysis.base import AnalysisResult
+from align_da_ops.archive import CycleRecord
+from align_da_ops.errors import ArchiveError, CycleFailedError
+from align_da_ops.forecast.base import rollout
+from align_da_ops.logs import get_logger
+from align_da_ops.obs.batch import QCFlag
+from align_da_ops.obs.monitoring import departure_statistics
+from align_da_ops.obs.qc import run_qc
+from align_da_ops.times import CycleTime
+from align_da_ops.wiring import CycleContext, member_seed
+
+log = get_logger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class CycleOutcome:
+    cycle: CycleTime
+    status: str  # "done", "skipped" (already done), "fallback" (background archived as analysis)
+    wall_s: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+class _Stopwatch:
+    def __init__(self):
+        self.laps: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.laps[stage] = round(now - self._t, 4)
+        self._t = now
+
+
+def run_cycle(ctx: CycleContext, cycle: CycleTime, force: bool = False) -> CycleOutcome:
+    """Observations -> QC -> background -> analysis -> forecasts -> archive, for one cycle."""
+    if ctx.archive.is_done(cycle) and not force:
+        return CycleOutcome(cycle, "skipped")
+    bound = log.bind(cycle=str(cycle), campaign=ctx.campaign.name)
+    watch = _Stopwatch()
+    background = _background(ctx, cycle)
+    watch.lap("background")
+    obs = ctx.observations(cycle)
+    watch.lap("observations")
+    obs, hx_b = _quality_control(ctx, cycle, obs, background)
+    watch.lap("qc")
+    used = obs.select(obs.passed)
+    operator = ctx.interpolator.prepare(used, ctx.device)
+    generator = torch.Generator(device="cpu").manual_seed(member_seed(ctx.campaign.name, ctx.campaign.seed, cycle, 0))
+    result = ctx.method.analyse(background, used, operator, generator)
+    watch.lap("analysis")
+    result, flags = _check(ctx, cycle, background, result)
+    forecasts = rollout(ctx.model, result.analysis[None], list(ctx.campaign.leads_hours))
+    forecasts = {lead: x[0] for lead, x in forecasts.items()}
+    watch.lap("forecast")
+    hx_a = ctx.interpolator.prepare(obs, ctx.device)(result.analysis).cpu().numpy()
+    monitoring = _monitoring(ctx, obs, hx_b, hx_a)
+    provenance = {
+        **ctx.provenance,
+        "cycle": cycle.value.isoformat(),
+        "seed": member_seed(ctx.campaign.name, ctx.campaign.seed, cycle, 0),
+        "cold_start": cycle == ctx.campaign.first,
+        "qc_counts": obs.flag_counts(),
+        "n_obs_used": int(len(used)),
+        "diagnostics": result.diagnostics,
+        **flags,
+    }
+    record = CycleRecord(cycle, background.cpu(), result.analysis.cpu(), {k: v.cpu() for k, v in forecasts.items()},
+                         obs, hx_b, hx_a, monitoring, provenance)
+    watch.lap("verify")
+    record.provenance["wall_s"] = dict(watch.laps)
+    ctx.archive.write_cycle(record, force=force)
+    watch.lap("archive")
+    bound.info("cycle_done", n_obs=len(obs), n_used=len(used), **{f"s_{k}": v for k, v in watch.laps.items()})
+    return CycleOutcome(cycle, "fallback" if flags.get("fallback") else "done", dict(watch.laps))
+
+
+def _background(ctx: CycleContext, cycle: CycleTime) -> torch.Tensor:
+    if cycle == ctx.campaign.first:
+        return ctx.initial_state().to(ctx.device)
+    previous = cycle.previous
+    if not ctx.archive.is_done(previous):
+        raise ArchiveError(f"cycle {cycle} needs the background from {previous}, which is not done; run cycles in order")
+    return ctx.archive.read_state("forecast", previous, lead=6).to(ctx.device)
+
+
+def _quality_control(ctx: CycleContext, cycle: CycleTime, obs, background):
+    qc = ctx.campaign.observations.qc
+    obs = run_qc(obs, qc, cycle.as_numpy(), ctx.interpolator)
+    hx_b = ctx.interpolator.prepare(obs, ctx.device)(background).cpu().numpy()
+    obs = run_qc(obs, qc, cycle.as_numpy(), ctx.interpolator, hx_background=hx_b)
+    return obs, hx_b
+
+
+def _check(ctx: CycleContext, cycle: CycleTime, background: torch.Tensor, result: AnalysisResult):
+    """NaN/Inf or a collapsed ensemble: fail before archiving, or fall back to the background (flagged)."""
+    problem = None
+    if not torch.isfinite(result.analysis).all():
+        problem = "analysis has NaN/Inf"
+    elif result.members is not None and result.members.shape[0] > 1:
+        spread = result.members.std(0).mean()
+        if not spread > 1e-6 * result.analysis.abs().mean():
+            problem = f"ensemble collapsed (mean spread {float(spread):.3g})"
+    flags: dict = {}
+    if result.diagnostics.get("n_obs", 1) == 0 or result.diagnostics.get("n_obs_used", 1) == 0:
+        flags["no_observations"] = True
+    if problem is None:
+        return result, flags
+    if ctx.campaign.on_failure == "fail":
+        raise CycleFailedError(f"cycle {cycle}: {problem}; nothing archived")
+    log.warning("cycle_fallback", cycle=str(cycle), reason=problem)
+    flags.update(fallback="background", fallback_reason=problem)
+    return AnalysisResult(analysis=background.clone(), diagnostics=result.diagnostics), flags
+
+
+def _monitoring(ctx: CycleContext, obs, hx_b: np.ndarray, hx_a: np.ndarray):
+    import pandas as pd
+
+    bands = ctx.campaign.observations.level_bands_hpa
+    return pd.concat(
+        [departure_statistics(obs, hx_b, "O-B", bands), departure_statistics(obs, hx_a, "O-A", bands)],
+        ignore_index=True,
+    )
+
+
+def qc_flag_names() -> list[str]:
+    return [f.name.lower() for f in QCFlag]

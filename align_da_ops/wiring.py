@@ -1,0 +1,133 @@
+"""Config -> components. The only module that knows which concrete class each `kind` means."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable
+from datetime import timedelta
+
+import numpy as np
+import torch
+import xarray as xr
+
+import align_da_ops
+from align_da_ops import grid
+from align_da_ops.analysis.base import AnalysisMethod, BackgroundOnly
+from align_da_ops.analysis.threedvar import ThreeDVar
+from align_da_ops.archive import Archive
+from align_da_ops.campaign import CampaignConfig
+from align_da_ops.config import ExperimentConfig, config_hash
+from align_da_ops.data import nature_run as nr
+from align_da_ops.data.sources import layout_of, open_states
+from align_da_ops.devices import resolve_device
+from align_da_ops.errors import ConfigError, InputDataError
+from align_da_ops.forecast.base import ForecastModel, Persistence
+from align_da_ops.forecast.dynamical import DynamicalCoreModel
+from align_da_ops.obs.batch import ObsBatch
+from align_da_ops.obs.feed import ObsFeed
+from align_da_ops.obs.networks import Truth, simulate
+from align_da_ops.obs.operators import GridInterpolator
+from align_da_ops.times import CycleTime
+
+
+@dataclasses.dataclass
+class CycleContext:
+    """Everything `run_cycle` needs, built once per engine."""
+
+    campaign: CampaignConfig
+    experiment: ExperimentConfig
+    layout: grid.StateLayout
+    latitudes: np.ndarray
+    longitudes: np.ndarray
+    archive: Archive
+    model: ForecastModel
+    method: AnalysisMethod
+    observations: Callable[[CycleTime], ObsBatch]
+    interpolator: GridInterpolator
+    initial_state: Callable[[], torch.Tensor]
+    device: torch.device
+    provenance: dict
+
+
+class ObservationSource:
+    """Synthetic networks drawn from the truth (OSSE) and/or a directory-drop feed, for one window."""
+
+    def __init__(self, campaign: CampaignConfig, truth: xr.Dataset | None):
+        self.cfg = campaign.observations
+        self.experiment = campaign.name
+        self.truth = truth
+        self.feed = ObsFeed(self.cfg.feed.root) if self.cfg.feed else None
+        if self.cfg.networks and truth is None:
+            raise ConfigError("synthetic observation networks need a nature run (data.kind: nature_run)")
+
+    def __call__(self, cycle: CycleTime) -> ObsBatch:
+        parts = []
+        if self.cfg.networks:
+            around = self.truth.sel({grid.TIME: slice(cycle.value - timedelta(hours=6), cycle.value + timedelta(hours=6))})
+            parts.append(simulate(self.cfg, Truth.from_dataset(around.load()), cycle.as_numpy(), self.experiment).batch)
+        if self.feed is not None:
+            self.feed.poll()
+            start, end = cycle.window(self.cfg.qc.window_half_width)
+            parts.append(self.feed.collect(np.datetime64(start, "s"), np.datetime64(end, "s")))
+        return ObsBatch.concat(parts) if parts else ObsBatch.empty()
+
+
+def build_model(campaign: CampaignConfig, experiment: ExperimentConfig, layout, device) -> ForecastModel:
+    kind = campaign.forecast_model.kind
+    if kind == "persistence":
+        return Persistence()
+    if experiment.nature_run is None:
+        raise ConfigError("forecast_model 'dynamical_core' needs the experiment's nature_run core")
+    return DynamicalCoreModel(nr.build_core(experiment.nature_run, device), layout)
+
+
+def build_method(campaign: CampaignConfig, layout, lat, lon) -> AnalysisMethod:
+    cfg = campaign.analysis
+    if cfg.kind == "background_only":
+        return BackgroundOnly()
+    return ThreeDVar.from_config(cfg, layout.channels, lat, lon)
+
+
+def build_context(campaign: CampaignConfig, experiment: ExperimentConfig) -> CycleContext:
+    device = resolve_device(experiment.device)
+    layout = layout_of(experiment)
+    states = open_states(experiment)
+    lat, lon = states[grid.LAT].values, states[grid.LON].values
+    truth = states if experiment.data.kind == "nature_run" else None
+    n_members = 0
+    archive = Archive.create_or_open(
+        campaign.archive, campaign.name, layout, lat, lon, campaign.leads_hours, campaign.first, n_members
+    )
+    method = build_method(campaign, layout, lat, lon)
+
+    def initial_state() -> torch.Tensor:
+        when = campaign.start - timedelta(days=campaign.cold_start.offset_days)
+        try:
+            snap = states.sel({grid.TIME: np.datetime64(when, "ns")}).load()
+        except KeyError:
+            raise InputDataError(f"cold start needs a state valid at {when.isoformat()}; the data does not have it") from None
+        return layout.to_tensor(snap)[0].to(device)
+
+    provenance = {
+        "experiment": experiment.name,
+        "campaign": campaign.name,
+        "config_hash": config_hash(experiment),
+        "campaign_hash": config_hash(campaign),
+        "code_version": align_da_ops.__version__,
+        "torch_version": torch.__version__,
+        "device": str(device),
+        "forecast_model": campaign.forecast_model.kind,
+        "analysis_method": campaign.analysis.kind,
+        "checkpoints": getattr(method, "provenance", lambda: {})(),
+    }
+    return CycleContext(
+        campaign, experiment, layout, lat, lon, archive, build_model(campaign, experiment, layout, device), method,
+        ObservationSource(campaign, truth), GridInterpolator(layout, lat, lon), initial_state, device, provenance,
+    )
+
+
+def member_seed(experiment: str, base_seed: int, cycle: CycleTime, member: int) -> int:
+    """Seed of one member of one cycle: a hash, so it never depends on order or batching."""
+    key = f"{experiment}|{base_seed}|{cycle.compact}|{member}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & ((1 << 63) - 1)
