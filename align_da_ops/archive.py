@@ -22,6 +22,7 @@ import fcntl
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -297,6 +298,7 @@ class Archive:
             if not force:
                 raise ArchiveError(f"cycle {record.cycle} is already done in {self.root}; use force to redo it")
             flag.unlink()
+        started = time.perf_counter()
         index = self._ensure_time(record.cycle)
         self._write_product("background", record.background, index)
         self._write_product("analysis", record.analysis, index)
@@ -310,4 +312,6 @@ class Archive:
             self._write_product("members", record.members, index, lead_dims=(grid.MEMBER,),
                                 coords={grid.MEMBER: np.arange(self.n_members)})
         self._write_obs(record)
-        _atomic_write_text(flag, json.dumps(record.provenance, indent=1, sort_keys=True, default=str))
+        provenance = dict(record.provenance)
+        provenance["wall_s"] = {**provenance.get("wall_s", {}), "archive": round(time.perf_counter() - started, 4)}
+        _atomic_write_text(flag, json.dumps(provenance, indent=1, sort_keys=True, default=str))

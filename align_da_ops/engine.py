@@ -20,7 +20,6 @@ from align_da_ops.archive import CycleRecord
 from align_da_ops.errors import ArchiveError, CycleFailedError
 from align_da_ops.forecast.base import rollout
 from align_da_ops.logs import get_logger
-from align_da_ops.obs.batch import QCFlag
 from align_da_ops.obs.monitoring import departure_statistics
 from align_da_ops.obs.qc import run_qc
 from align_da_ops.times import CycleTime
@@ -82,7 +81,7 @@ def run_cycle(ctx: CycleContext, cycle: CycleTime, force: bool = False) -> Cycle
     }
     record = CycleRecord(cycle, background.cpu(), result.analysis.cpu(), {k: v.cpu() for k, v in forecasts.items()},
                          obs, hx_b, hx_a, monitoring, provenance)
-    watch.lap("verify")
+    watch.lap("monitoring")
     record.provenance["wall_s"] = dict(watch.laps)
     ctx.archive.write_cycle(record, force=force)
     watch.lap("archive")
@@ -137,6 +136,3 @@ def _monitoring(ctx: CycleContext, obs, hx_b: np.ndarray, hx_a: np.ndarray):
         ignore_index=True,
     )
 
-
-def qc_flag_names() -> list[str]:
-    return [f.name.lower() for f in QCFlag]
