@@ -1,0 +1,64 @@
+"""CLI for operations: replay with resume, one cycle, inspect an archive (scores + PNGs), lock exit code."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import yaml
+from typer.testing import CliRunner
+
+from align_da_ops.archive import Archive
+from align_da_ops.cli import app
+
+from factories import tiny_config_dict
+
+runner = CliRunner()
+
+
+def _campaign(tmp_path, tiny_nature_run) -> tuple:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_dict(tiny_nature_run), sort_keys=False))
+    campaign = {
+        "name": "cli-test",
+        "config": str(config),
+        "start": "2000-01-02T00:00:00",
+        "end": "2000-01-02T12:00:00",
+        "observations": {"networks": [{"kind": "stations", "max_stations": 100}]},
+        "analysis": {"kind": "threedvar", "max_iterations": 30},
+        "forecast_model": {"kind": "persistence"},
+        "cold_start": {"kind": "truth_offset", "offset_days": 1},
+        "leads_hours": [6, 12],
+        "archive": str(tmp_path / "archive"),
+    }
+    path = tmp_path / "campaign.yaml"
+    path.write_text(yaml.safe_dump(campaign))
+    return path, tmp_path / "archive"
+
+
+def test_replay_resume_cycle_and_inspect(tiny_nature_run, tmp_path):
+    campaign, archive = _campaign(tmp_path, tiny_nature_run)
+    first = runner.invoke(app, ["replay", str(campaign), "--end", "2000-01-02T06"])
+    assert first.exit_code == 0, first.output
+    assert "2 cycles run, 0 already done" in first.output
+    again = runner.invoke(app, ["replay", str(campaign)])  # resumes at the first cycle not done
+    assert again.exit_code == 0 and "1 cycles run, 2 already done" in again.output
+    one = runner.invoke(app, ["cycle", str(campaign), "--at", "2000010212"])
+    assert one.exit_code == 0 and "skipped" in one.output
+    forced = runner.invoke(app, ["cycle", str(campaign), "--at", "2000010212", "--force"])
+    assert forced.exit_code == 0 and ": done" in forced.output
+    pngs = tmp_path / "pngs"
+    shown = runner.invoke(app, ["inspect", str(archive), "--png", str(pngs)])
+    assert shown.exit_code == 0, shown.output
+    for needle in ("3 cycles done", "mean WRMSE against truth", "analysis", "+6 h", "O-B", "O-A"):
+        assert needle in shown.output, needle
+    names = {p.name for p in pngs.iterdir()}
+    assert names == {"analysis.png", "increment.png", "error.png", "rmse_timeseries.png", "omb_histograms.png"}
+
+
+def test_locked_archive_gives_exit_code_7(tiny_nature_run, tmp_path):
+    campaign, archive = _campaign(tmp_path, tiny_nature_run)
+    runner.invoke(app, ["replay", str(campaign), "--end", "2000-01-02T00"])
+    with Archive.open(archive).locked():
+        proc = subprocess.run([sys.executable, "-m", "align_da_ops.cli", "replay", str(campaign)], capture_output=True, text=True)
+    assert proc.returncode == 7 and "locked by another engine" in proc.stderr

@@ -1,0 +1,91 @@
+"""Continuous service: what is due comes from the archive; catch-up after downtime; accelerated clock."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+import yaml
+
+from align_da_ops.campaign import CampaignConfig, load_campaign
+from align_da_ops.errors import ConfigError
+from align_da_ops.scheduler import Clock, catch_up, due_cycles, serve
+from align_da_ops.times import CycleTime, cycle_range
+from align_da_ops.wiring import build_context
+
+from factories import REPO, tiny_config, tiny_config_dict
+
+START = CycleTime.parse("2000-01-02T00")
+
+
+def _ctx(tiny_nature_run, tmp_path, **kw):
+    raw = {
+        "name": "service-test",
+        "config": "unused.yaml",
+        "mode": "continuous",
+        "start": START.value.isoformat(),
+        "observations": {"networks": [{"kind": "stations", "max_stations": 50}]},
+        "analysis": {"kind": "background_only"},
+        "forecast_model": {"kind": "persistence"},
+        "cold_start": {"kind": "truth_offset", "offset_days": 1},
+        "leads_hours": [6],
+        "archive": str(tmp_path / "archive"),
+        "cutoff": "PT1H",
+    }
+    raw.update(kw)
+    return build_context(CampaignConfig.model_validate(raw), tiny_config(tiny_nature_run))
+
+
+def test_due_cycles_respect_cutoff_and_archive(tiny_nature_run, tmp_path):
+    ctx = _ctx(tiny_nature_run, tmp_path)
+    assert due_cycles(ctx, datetime(2000, 1, 2, 0, 59)) == []  # before the cut-off
+    assert due_cycles(ctx, datetime(2000, 1, 2, 7, 0)) == [START, START.next]
+    catch_up(ctx, datetime(2000, 1, 2, 1, 0))
+    assert ctx.archive.done_cycles() == [START]
+    # downtime: three cycles missed, caught up in order from the archive's state
+    assert due_cycles(ctx, datetime(2000, 1, 2, 19, 30)) == cycle_range(START.next, CycleTime.parse("2000-01-02T18"))
+    outcomes = catch_up(ctx, datetime(2000, 1, 2, 19, 30))
+    assert [o.status for o in outcomes] == ["done"] * 3
+    assert ctx.archive.done_cycles() == cycle_range(START, CycleTime.parse("2000-01-02T18"))
+
+
+def test_due_cycles_stop_at_campaign_end(tiny_nature_run, tmp_path):
+    ctx = _ctx(tiny_nature_run, tmp_path, end="2000-01-02T06:00:00")
+    assert due_cycles(ctx, datetime(2000, 1, 5)) == [START, START.next]
+
+
+def test_accelerated_service_runs_and_stops(tiny_nature_run, tmp_path):
+    ctx = _ctx(tiny_nature_run, tmp_path, end="2000-01-02T12:00:00")
+    # 1 wall second = 12 simulated hours, starting just after the first cut-off
+    clock = Clock(factor=12 * 3600, origin=datetime(2000, 1, 2, 1, 0))
+    ran = serve(ctx, clock, tick_seconds=0.5, max_ticks=3)
+    assert ran == 3 and ctx.archive.done_cycles() == cycle_range(START, CycleTime.parse("2000-01-02T12"))
+
+
+def test_clock_real_time_is_utc_now():
+    now = Clock().now()
+    assert abs((now - datetime.now(timezone.utc).replace(tzinfo=None)).total_seconds()) < 5
+
+
+def test_campaign_validation(tmp_path):
+    base = yaml.safe_load((REPO / "cycles" / "tiny-3dvar.yaml").read_text())
+    for mutate, needle in (
+        (lambda r: r.pop("end"), "replay campaign needs an end"),
+        (lambda r: r.update(leads_hours=[12, 24]), "including 6"),
+        (lambda r: r.update(start="2000-01-01T03:00:00"), "6-hourly grid"),
+        (lambda r: r.update(cutoff="PT7H"), "under 6 h"),
+        (lambda r: r.update(analysis={"kind": "4dvar"}), "analysis"),
+    ):
+        raw = dict(base)
+        mutate(raw)
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        with pytest.raises(ConfigError, match=needle):
+            load_campaign(path)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "cycles").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_campaigns_validate(path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    campaign, experiment = load_campaign(path)
+    assert campaign.archive and experiment.name
