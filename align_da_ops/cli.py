@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -300,6 +301,41 @@ def serve_cmd(
     clock = Clock(factor=accelerate, origin=_dt.fromisoformat(origin) if origin else None)
     ran = serve(ctx, clock, tick_seconds=tick if tick is not None else (1.0 if accelerate != 1.0 else None))
     out.print(f"{ctx.campaign.name}: service stopped after {ran} cycles")
+
+
+@app.command("nmc")
+def nmc_cmd(
+    campaign: Path,
+    output: Path = typer.Option(..., "--output", "-o", help="B file (.npz) to write."),
+    samples: int = typer.Option(40, help="Valid times (forecast pairs) from the training split."),
+    long_hours: int = typer.Option(48, help="Long lead (h)."),
+    short_hours: int = typer.Option(24, help="Short lead (h)."),
+):
+    """Estimate a spectral B by the NMC method with the campaign's forecast model (for 3D-Var's `covariance`)."""
+    from align_da_ops.analysis.nmc import nmc_covariance, nmc_valid_times
+    from align_da_ops.campaign import load_campaign
+    from align_da_ops.data.sources import layout_of, open_states
+    from align_da_ops.devices import resolve_device
+    from align_da_ops.wiring import build_model
+
+    camp, experiment = load_campaign(campaign)
+    device = resolve_device(experiment.device)
+    layout = layout_of(experiment)
+    states = open_states(experiment)
+    train = experiment.splits.train
+    times = nmc_valid_times(states, train.start, train.end, long_hours, samples)
+    model = build_model(camp, experiment, layout, device)
+    cov = nmc_covariance(model, states, layout, times, long_hours, short_hours, device)
+    cov.save(output)
+    sigma = np.sqrt(cov.variances())
+    lengths = cov.length_scales()
+    table = Table(title=f"NMC B ({len(times)} pairs, {long_hours} h - {short_hours} h) -> {output}")
+    for col in ("channel", "sigma_b", "length (km)"):
+        table.add_column(col)
+    for name, s_, l_ in zip(layout.channels, sigma, lengths):
+        if name.endswith(("_500", "_850")) or "_" not in name or name.startswith("surface"):
+            table.add_row(name, f"{s_:.4g}", f"{l_ / 1e3:.0f}")
+    out.print(table)
 
 
 # -- bench -------------------------------------------------------------------------------
