@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from align_da_ops import grid
@@ -121,7 +122,7 @@ def write_archive_pngs(archive, scores, obs_rows, truth, out_dir: Path, variable
         for lead in sorted(set(scores.index.get_level_values("lead"))):
             series = scores.xs(lead, level="lead")[key]
             times = series.index.get_level_values("cycle_time")
-            ax.plot(times, series.values, label="analysis" if lead == pd_timedelta0() else f"+{int(lead.total_seconds() // 3600)} h")
+            ax.plot(times, series.values, label="analysis" if lead == pd.Timedelta(0) else f"+{int(lead.total_seconds() // 3600)} h")
         ax.set_ylabel(f"WRMSE {key[6:]}")
         ax.legend()
         ax.set_title(f"{archive.meta['experiment']}: error against truth")
@@ -132,12 +133,6 @@ def write_archive_pngs(archive, scores, obs_rows, truth, out_dir: Path, variable
         written.append(out_dir / "rmse_timeseries.png")
     written.append(_departure_histograms(archive, out_dir / "omb_histograms.png"))
     return written
-
-
-def pd_timedelta0():
-    import pandas as pd
-
-    return pd.Timedelta(0)
 
 
 def _departure_histograms(archive, path: Path) -> Path:
