@@ -172,10 +172,10 @@ def _inspect_archive(path: Path, variable: str, level: Optional[int], png_dir: O
               + (f", {done[0]} .. {done[-1]}" if done else ""))
     if not done:
         return
-    truth, norm = _truth_for(archive)
+    truth, norm, climatology = _truth_for(archive)
     scores = None
     if truth is not None:
-        scores = evaluation.archive_scores(archive, truth, archive.meta["experiment"], norm=norm)
+        scores = evaluation.archive_scores(archive, truth, archive.meta["experiment"], norm=norm, climatology=climatology)
         _print_scores({archive.meta["experiment"]: scores}, archive.leads)
     flags = [c for c in done if archive.provenance(c).get("fallback") or archive.provenance(c).get("no_observations")]
     if flags:
@@ -201,20 +201,29 @@ def _truth_for(archive):
     prov = archive.provenance(archive.done_cycles()[0])
     source = prov.get("campaign_file")
     if not source or not Path(source).exists():
-        return None, None
+        return None, None, None
     _, experiment = load_campaign(source)
     if experiment.data.kind != "nature_run":
-        return None, None
-    from align_da_ops.data.sources import open_states, read_normalization
+        return None, None, None
+    return _truth_norm_climatology(experiment)
 
-    return open_states(experiment), read_normalization(experiment.nature_run.output)
+
+def _truth_norm_climatology(experiment):
+    """Truth states, normalisation and the training-split climatology (the ACC reference) of an OSSE."""
+    from align_da_ops.data.sources import layout_of, open_states, read_normalization
+    from align_da_ops.evaluation import climatology_of
+
+    truth = open_states(experiment)
+    train = experiment.splits.train
+    climatology = climatology_of(truth, layout_of(experiment), train.start, train.end)
+    return truth, read_normalization(experiment.nature_run.output), climatology
 
 
 def _print_scores(tables: dict, leads) -> None:
     from align_da_ops.evaluation import HEADLINE, drift, headline
 
     table = Table(title="mean WRMSE against truth (z500 m²/s², t850 K, u/v500 m/s)")
-    for col in ("run", "lead", *[f"{v[:1]}{p}" for v, p in HEADLINE], "mse_norm", "drift z500"):
+    for col in ("run", "lead", *[f"{v[:1]}{p}" for v, p in HEADLINE], "mse_norm", "acc z500", "drift z500"):
         table.add_column(col)
     for name, scores in tables.items():
         present = set(scores.index.get_level_values("lead"))
@@ -227,7 +236,8 @@ def _print_scores(tables: dict, leads) -> None:
             sel = scores.xs(pd.Timedelta(hours=lead), level="lead")
             d = drift(scores, lead).get("geopotential_500", float("nan"))
             table.add_row(name, "analysis" if lead == 0 else f"+{lead} h", *[f"{x:.3g}" for x in h.values()],
-                          f"{sel['mse_normalized'].mean():.4f}" if "mse_normalized" in sel else "", f"{d:.2f}")
+                          f"{sel['mse_normalized'].mean():.4f}" if "mse_normalized" in sel else "",
+                          f"{sel['acc_geopotential_500'].mean():.3f}" if "acc_geopotential_500" in sel else "", f"{d:.2f}")
     out.print(table)
 
 
@@ -369,7 +379,6 @@ def bench_cycling(
 ):
     """Per method: analysis and 48-h forecast WRMSE (z500, t850, u/v500) and seconds per cycle by stage."""
     from align_da_ops import evaluation
-    from align_da_ops.data.sources import open_states, read_normalization
     from align_da_ops.replay import replay
 
     tables, stages = {}, {}
@@ -378,9 +387,12 @@ def bench_cycling(
         if ctx.campaign.last is None:
             raise typer.BadParameter(f"{path} has no end")
         replay(ctx, ctx.campaign.first, ctx.campaign.last)
-        truth = open_states(ctx.experiment)
-        norm = read_normalization(ctx.experiment.nature_run.output) if ctx.experiment.nature_run else None
-        tables[ctx.campaign.name] = evaluation.archive_scores(ctx.archive, truth, ctx.campaign.name, norm=norm)
+        if ctx.experiment.data.kind != "nature_run":
+            raise typer.BadParameter(f"{path}: bench cycling scores against the truth of an OSSE (data.kind nature_run)")
+        truth, norm, climatology = _truth_norm_climatology(ctx.experiment)
+        tables[ctx.campaign.name] = evaluation.archive_scores(
+            ctx.archive, truth, ctx.campaign.name, norm=norm, climatology=climatology
+        )
         stages[ctx.campaign.name] = evaluation.stage_seconds(ctx.archive)
     _print_scores(tables, (48,))
     table = Table(title="seconds per cycle by stage (mean over cycles)")

@@ -268,3 +268,19 @@ def test_archive_reads_lazily_with_xarray(reference):
     t = START.as_numpy()
     assert np.isfinite(ds["geopotential"].sel(time=t).values).all()
     assert np.isnan(ds["geopotential"].isel(time=-1).values).all()  # grown but unwritten
+
+
+class CollapsedEnsemble:
+    name = "collapsed"
+
+    def analyse(self, background, obs, operator, generator):
+        members = background.expand(4, *background.shape).clone()
+        return AnalysisResult(analysis=background.clone(), members=members, diagnostics={"n_obs": float(len(obs))})
+
+
+def test_collapsed_ensemble_fails_before_archiving(world):
+    ctx = make_ctx(world, "collapsed", on_failure="fail")
+    ctx.method = CollapsedEnsemble()
+    with pytest.raises(CycleFailedError, match="ensemble collapsed"):
+        run_cycle(ctx, START)
+    assert ctx.archive.done_cycles() == []

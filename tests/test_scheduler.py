@@ -89,3 +89,37 @@ def test_shipped_campaigns_validate(path, monkeypatch):
     monkeypatch.chdir(REPO)
     campaign, experiment = load_campaign(path)
     assert campaign.archive and experiment.name
+
+
+def test_sigterm_finishes_the_cycle_in_flight_and_stops(tiny_nature_run, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from align_da_ops.archive import Archive
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_dict(tiny_nature_run), sort_keys=False))
+    raw = {
+        "name": "sigterm-test", "config": str(config), "mode": "continuous", "start": START.value.isoformat(),
+        "observations": {"networks": [{"kind": "stations", "max_stations": 50}]},
+        "analysis": {"kind": "background_only"}, "forecast_model": {"kind": "dynamical_core"},
+        "cold_start": {"kind": "truth_offset", "offset_days": 1}, "leads_hours": [6], "archive": str(tmp_path / "archive"),
+    }
+    campaign = tmp_path / "campaign.yaml"
+    campaign.write_text(yaml.safe_dump(raw))
+    cmd = [sys.executable, "-m", "align_da_ops.cli", "serve", str(campaign), "--accelerate", "43200",
+           "--origin", "2000-01-02T01:00", "--tick", "0.5"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    flags = tmp_path / "archive" / "cycles"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not (flags.exists() and any(flags.iterdir())):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "service stopped after" in stdout
+    done = Archive.open(tmp_path / "archive").done_cycles()
+    assert done and done == cycle_range(START, done[-1])  # a contiguous prefix, nothing half-done
+    assert not list(flags.glob("*.tmp"))
