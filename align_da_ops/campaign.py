@@ -43,8 +43,17 @@ class PersistenceForecastConfig(Frozen):
     kind: Literal["persistence"] = "persistence"
 
 
+class NeuralForecastConfig(Frozen):
+    """The trained neural 6-h forecast model (`align-da train forecast`)."""
+
+    kind: Literal["neural"] = "neural"
+    checkpoint: Path | None = Field(
+        default=None, description="Checkpoint (.pt); None: the one packaged for the experiment (e.g. tiny)."
+    )
+
+
 ForecastConfig = Annotated[
-    Union[DynamicalCoreForecastConfig, PersistenceForecastConfig], Field(discriminator="kind")
+    Union[DynamicalCoreForecastConfig, PersistenceForecastConfig, NeuralForecastConfig], Field(discriminator="kind")
 ]
 
 

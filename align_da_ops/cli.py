@@ -21,10 +21,16 @@ config_app = typer.Typer(no_args_is_help=True, help="Validate and show configura
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (ratios measured side by side).")
 app.add_typer(config_app, name="config")
 app.add_typer(bench_app, name="bench")
+train_app = typer.Typer(no_args_is_help=True, help="Train models on the configured data's splits.")
+app.add_typer(train_app, name="train")
 from align_da_ops.obs.cli import bench_obs, obs_app  # noqa: E402  (light: heavy imports live inside the commands)
 
 app.add_typer(obs_app, name="obs")
 bench_app.command("obs")(bench_obs)
+from align_da_ops.forecast.commands import bench_forecast, train_forecast  # noqa: E402  (light, like obs.cli)
+
+train_app.command("forecast")(train_forecast)
+bench_app.command("forecast")(bench_forecast)
 out = Console(width=None if sys.stdout.isatty() else 140)
 
 

@@ -55,3 +55,9 @@ class CycleFailedError(AlignDAError):
     """A cycle's analysis failed its checks (NaN/Inf, collapsed ensemble) and no fallback was allowed."""
 
     exit_code = 8
+
+
+class CheckpointError(AlignDAError):
+    """A model checkpoint is missing, corrupt, not weights-only, or made for another grid/channel set/architecture."""
+
+    exit_code = 9

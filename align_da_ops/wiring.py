@@ -77,6 +77,11 @@ def build_model(campaign: CampaignConfig, experiment: ExperimentConfig, layout, 
     kind = campaign.forecast_model.kind
     if kind == "persistence":
         return Persistence()
+    if kind == "neural":
+        from align_da_ops.forecast.checkpoint import load_model, shipped_checkpoint
+
+        path = campaign.forecast_model.checkpoint or shipped_checkpoint(experiment.name)
+        return load_model(path, layout.channels, experiment.state.grid.nlat, experiment.state.grid.nlon, device)
     if experiment.nature_run is None:
         raise ConfigError("forecast_model 'dynamical_core' needs the experiment's nature_run core")
     return DynamicalCoreModel(nr.build_core(experiment.nature_run, device), layout)

@@ -1,0 +1,181 @@
+"""Neural forecast model: spherical padding, step/rollout contract, training + resume, checkpoints, plug-in."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from align_da_ops import grid
+from align_da_ops.campaign import CampaignConfig, NeuralForecastConfig
+from align_da_ops.data.sources import layout_of
+from align_da_ops.errors import CheckpointError
+from align_da_ops.forecast import checkpoint as ckpt_io
+from align_da_ops.forecast.base import ForecastModel, Persistence, rollout
+from align_da_ops.forecast.benchmark import Climatology, forecast_scores, kinetic_energy, starts_for
+from align_da_ops.forecast.network import Architecture, NeuralForecastModel, SphereUNet, sphere_pad
+from align_da_ops.forecast.training import TrainSettings, increment_std, train
+from align_da_ops.grid import Normalization, gaussian_latitudes
+from align_da_ops.wiring import build_model
+
+from factories import REPO, tiny_config
+
+LAT = gaussian_latitudes(8)
+SMALL = dict(width=8, blocks=1, levels=1)
+
+
+def _net(channels=3, seed=0, lat=LAT) -> SphereUNet:
+    torch.manual_seed(seed)
+    net = SphereUNet(Architecture(channels, **SMALL), lat, np.full(channels, 0.5))
+    torch.nn.init.normal_(net.project.weight, std=0.1)  # untrained nets are persistence; make it do something
+    return net
+
+
+def _model(channels=3, seed=0) -> NeuralForecastModel:
+    norm = Normalization(tuple(f"c{i}" for i in range(channels)), np.arange(channels, dtype=float), np.full(channels, 2.0), ("a", "b"))
+    return NeuralForecastModel(_net(channels, seed), norm)
+
+
+def test_sphere_pad_continues_smooth_fields_across_poles_and_the_dateline():
+    lon = grid.longitudes(16)
+    lat_r, lon_r = np.deg2rad(LAT)[:, None], np.deg2rad(lon)[None, :]
+    xyz = lambda la, lo: np.stack([np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la) + 0 * lo])
+    padded = sphere_pad(torch.as_tensor(xyz(lat_r, lon_r)), 2).numpy()
+    # the same unit-sphere coordinates on the extended (colatitude-continued, wrapped) grid
+    lat_ext = np.concatenate([-180.0 - LAT[:2][::-1], LAT, 180.0 - LAT[-2:][::-1]])
+    lon_ext = np.concatenate([lon[-2:] - 360.0, lon, lon[:2] + 360.0])
+    expected = xyz(np.deg2rad(lat_ext)[:, None], np.deg2rad(lon_ext)[None, :])
+    np.testing.assert_allclose(padded, expected, atol=1e-12)
+
+
+def test_untrained_model_is_persistence_and_meets_the_contract():
+    norm = Normalization(("a", "b"), np.array([5.0, -1.0]), np.array([2.0, 3.0]), ("", ""))
+    model = NeuralForecastModel(SphereUNet(Architecture(2, **SMALL), LAT, np.ones(2)), norm)
+    x = torch.randn(3, 2, 8, 16) * 4 + 5
+    assert isinstance(model, ForecastModel)
+    torch.testing.assert_close(model.step(x), x, atol=1e-5, rtol=0)
+
+
+def test_batched_equals_unbatched_and_rollouts_are_finite():
+    model = _model()
+    x = torch.randn(2, 3, 3, 8, 16)  # (member, time, channel, lat, lon)
+    out = model.step(x)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert not torch.allclose(out, x, atol=1e-3)
+    torch.testing.assert_close(out[1, 2], model.step(x[1, 2]), atol=1e-5, rtol=1e-5)
+    leads = rollout(model, x[0], [6, 24, 48])
+    assert all(v.shape == x[0].shape and torch.isfinite(v).all() for v in leads.values())
+
+
+def test_longitude_shift_equivariance():
+    """Circular padding + even pooling: shifting the input by 2 cells shifts the output by 2 cells."""
+    model = _model()
+    x = torch.randn(1, 3, 8, 16)
+    torch.testing.assert_close(model.step(x.roll(2, -1)), model.step(x).roll(2, -1), atol=1e-5, rtol=1e-5)
+
+
+def test_increment_std_and_persistence_scores_oracle():
+    x = torch.zeros(5, 2, 4, 8)
+    x[:, 0] = torch.arange(5.0)[:, None, None]  # +1 each step: increments constant, std 0 -> floor
+    x[:, 1] = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0])[:, None, None]
+    np.testing.assert_allclose(increment_std(x), [1e-3, 1.0])
+    layout = grid.StateLayout(("geopotential", "temperature", "u_component_of_wind", "v_component_of_wind"), (), (500, 850))
+    series = torch.arange(6.0)[:, None, None, None].expand(6, 8, 4, 8).contiguous()
+    scores = forecast_scores(Persistence(), series, starts_for(6, (6, 24), 6), layout, gaussian_latitudes(4), (6, 24))
+    assert scores[6]["z500"] == pytest.approx(1.0) and scores[24]["t850"] == pytest.approx(4.0)
+    clim = forecast_scores(Climatology(series.mean(0)), series, [0, 1], layout, gaussian_latitudes(4), (6,))
+    assert clim[6]["u500"] == pytest.approx(1.0)  # truths 1, 2 vs the mean 2.5: errors 1.5, 0.5
+    winds = torch.zeros(8, 4, 8)
+    winds[4:6], winds[6:8] = 3.0, 4.0
+    assert float(kinetic_energy(winds, layout, gaussian_latitudes(4))) == pytest.approx(12.5)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_nature_run, tmp_path_factory):
+    torch.set_num_threads(1)
+    cfg = tiny_config(tiny_nature_run)
+    out = tmp_path_factory.mktemp("neural") / "forecast.pt"
+    settings = TrainSettings(epochs=1, batch_size=1, warmup_steps=1, **SMALL)
+    history = train(cfg, out, settings)
+    return cfg, out, settings, history
+
+
+def test_training_writes_a_checkpoint_and_resumes_bitwise(trained, tmp_path):
+    cfg, out, settings, history = trained
+    assert len(history) == 1 and np.isfinite(history[0]["loss"])
+    first = ckpt_io.read(out)
+    assert first["training"]["epoch"] == 1 and first["config_hash"]
+    two = dataclasses.replace(settings, epochs=2)
+    resumed = tmp_path / "resumed.pt"
+    resumed.write_bytes(out.read_bytes())
+    assert len(train(cfg, resumed, two)) == 2
+    straight = tmp_path / "straight.pt"
+    train(cfg, straight, two)
+    a, b = ckpt_io.read(resumed), ckpt_io.read(straight)
+    assert a["content_hash"] == b["content_hash"] != first["content_hash"]
+
+
+def test_checkpoint_round_trip_and_export_keep_the_hash(trained, tmp_path):
+    cfg, out, _, _ = trained
+    layout = layout_of(cfg)
+    model = ckpt_io.load_model(out, layout.channels, 32, 64)
+    exported = tmp_path / "export.pt"
+    assert ckpt_io.strip_training(out, exported) == model.content_hash
+    assert "training" not in torch.load(exported, weights_only=True) and exported.stat().st_size < out.stat().st_size
+    again = ckpt_io.load_model(exported, layout.channels, 32, 64)
+    x = torch.randn(2, layout.n_channels, 32, 64) * 0.1
+    x = again.normalization.denormalize(x)
+    torch.testing.assert_close(model.step(x), again.step(x), atol=0, rtol=0)
+
+
+def test_incompatible_or_corrupt_checkpoints_are_refused(trained, tmp_path):
+    cfg, out, settings, _ = trained
+    channels = layout_of(cfg).channels
+    with pytest.raises(CheckpointError, match="channels"):
+        ckpt_io.load_model(out, channels[:-1], 32, 64)
+    with pytest.raises(CheckpointError, match="32x64 grid, the experiment has 64x128"):
+        ckpt_io.load_model(out, channels, 64, 128)
+    ckpt = ckpt_io.read(out)
+    with pytest.raises(CheckpointError, match="architecture"):
+        ckpt_io.check_compatible(ckpt, architecture={**ckpt["architecture"], "width": 16})
+    ckpt["architecture"]["width"] = 16  # claims another architecture, re-hashed: weights no longer fit
+    ckpt["content_hash"] = ckpt_io.content_hash(ckpt)
+    ckpt_io.save(ckpt, tmp_path / "arch.pt")
+    with pytest.raises(CheckpointError, match="do not fit architecture"):
+        ckpt_io.load_model(tmp_path / "arch.pt")
+    ckpt = ckpt_io.read(out)
+    ckpt["state_dict"]["project.bias"] += 1.0  # tampered, hash not updated
+    ckpt_io.save(ckpt, tmp_path / "tampered.pt")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        ckpt_io.read(tmp_path / "tampered.pt")
+    with pytest.raises(CheckpointError, match="config hash"):
+        train(cfg.model_copy(update={"name": "other"}), out, settings)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        ckpt_io.read(tmp_path / "missing.pt")
+
+
+class Payload:
+    """Not a tensor/primitive: weights_only loading must refuse to unpickle it."""
+
+
+def test_loading_is_weights_only(tmp_path):
+    path = tmp_path / "pickle.pt"
+    torch.save({"format": ckpt_io.FORMAT, "evil": Payload()}, path)
+    with pytest.raises(CheckpointError, match="weights-only"):
+        ckpt_io.read(path)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="weights-only"):
+        ckpt_io.read(tmp_path / "junk.pt")
+
+
+def test_campaign_plug_in_builds_the_neural_model(trained):
+    cfg, out, _, _ = trained
+    raw = yaml.safe_load((REPO / "cycles" / "tiny-3dvar-neural.yaml").read_text())
+    assert CampaignConfig.model_validate(raw).forecast_model == NeuralForecastConfig()
+    raw["forecast_model"] = {"kind": "neural", "checkpoint": str(out)}
+    campaign = CampaignConfig.model_validate(raw)
+    model = build_model(campaign, cfg, layout_of(cfg), torch.device("cpu"))
+    assert isinstance(model, NeuralForecastModel) and model.content_hash == ckpt_io.read(out)["content_hash"]
