@@ -12,12 +12,12 @@ import yaml
 from align_da_ops import grid
 from align_da_ops.campaign import CampaignConfig, NeuralForecastConfig
 from align_da_ops.data.sources import layout_of
-from align_da_ops.errors import CheckpointError
+from align_da_ops.errors import CheckpointError, SchemaError
 from align_da_ops.forecast import checkpoint as ckpt_io
 from align_da_ops.forecast.base import ForecastModel, Persistence, rollout
 from align_da_ops.forecast.benchmark import Climatology, forecast_scores, kinetic_energy, starts_for
 from align_da_ops.forecast.network import Architecture, NeuralForecastModel, SphereUNet, sphere_pad
-from align_da_ops.forecast.training import TrainSettings, increment_std, train
+from align_da_ops.forecast.training import TrainSettings, increment_std, rollout_loss, train
 from align_da_ops.grid import Normalization, gaussian_latitudes
 from align_da_ops.wiring import build_model
 
@@ -93,6 +93,15 @@ def test_increment_std_and_persistence_scores_oracle():
     assert float(kinetic_energy(winds, layout, gaussian_latitudes(4))) == pytest.approx(12.5)
 
 
+def test_rollout_loss_of_persistence_is_the_mean_state_change():
+    net = SphereUNet(Architecture(2, **SMALL), LAT, np.array([1.0, 2.0]))  # untrained: persistence
+    window = torch.randn(3, 4, 2, 8, 16)  # (batch, 1 + 3 steps, channel, lat, lon)
+    w = torch.as_tensor(grid.latitude_weights(LAT), dtype=torch.float32)[:, None]
+    scale = torch.tensor([1.0, 2.0])[:, None, None]
+    expected = np.mean([float((((window[:, 0] - window[:, s]) / scale) ** 2 * w).mean()) for s in (1, 2, 3)])
+    assert rollout_loss(net, window, w).item() == pytest.approx(expected, rel=1e-5)
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_nature_run, tmp_path_factory):
     torch.set_num_threads(1)
@@ -153,6 +162,8 @@ def test_incompatible_or_corrupt_checkpoints_are_refused(trained, tmp_path):
         ckpt_io.read(tmp_path / "tampered.pt")
     with pytest.raises(CheckpointError, match="config hash"):
         train(cfg.model_copy(update={"name": "other"}), out, settings)
+    with pytest.raises(SchemaError, match="rollout_steps=2 needs at least 3"):  # the 2-state train split
+        train(cfg, tmp_path / "rollout.pt", dataclasses.replace(settings, rollout_steps=2))
     with pytest.raises(CheckpointError, match="does not exist"):
         ckpt_io.read(tmp_path / "missing.pt")
 
@@ -179,3 +190,21 @@ def test_campaign_plug_in_builds_the_neural_model(trained):
     campaign = CampaignConfig.model_validate(raw)
     model = build_model(campaign, cfg, layout_of(cfg), torch.device("cpu"))
     assert isinstance(model, NeuralForecastModel) and model.content_hash == ckpt_io.read(out)["content_hash"]
+
+
+@pytest.mark.gpu
+def test_cuda_step_matches_cpu_and_bf16_training_step_runs():
+    model = _model(channels=8)
+    x = torch.randn(4, 8, 8, 16)
+    cpu = model.step(x)
+    model.to("cuda")
+    gpu = model.step(x)  # inputs follow the weights; the result comes back to the input's device
+    assert gpu.device == x.device
+    torch.testing.assert_close(gpu, cpu, atol=1e-4, rtol=1e-4)
+    net = model.net.train()
+    window = torch.randn(2, 3, 8, 8, 16, device="cuda")
+    w = torch.ones(8, 1, device="cuda")
+    with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+        loss = rollout_loss(net, window, w)
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)

@@ -27,6 +27,7 @@ def train_forecast(
     epochs: int = typer.Option(60, help="Total epochs (a resumed run continues up to this)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Checkpoint (.pt); resumed if it exists. Default: data/<name>/neural-forecast.pt."),
     rollout_steps: int = typer.Option(1, help="6-h steps in the loss (multi-step rollout loss when > 1)."),
+    rollout_from_epoch: int = typer.Option(0, help="Epochs of single-step loss before the rollout loss starts."),
     batch_size: int = typer.Option(8, help="Samples per optimiser step."),
     lr: float = typer.Option(1.5e-3, help="Peak learning rate (AdamW, cosine decay)."),
     width: int = typer.Option(64, help="Hidden channels at full resolution (multiple of 8)."),
@@ -50,6 +51,7 @@ def train_forecast(
     cfg = load_config(config)
     target = output or default_checkpoint(cfg.name)
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, rollout_steps=rollout_steps,
+                             rollout_from_epoch=rollout_from_epoch,
                              width=width, blocks=blocks, levels=levels, seed=seed)
     device = resolve_device(cfg.device)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())

@@ -1,12 +1,12 @@
 """Training the neural forecast model on the configured data's train/validation splits.
 
 `train(cfg, output, settings)` fits `SphereUNet` on consecutive 6-h pairs (or
-windows of `rollout_steps` + 1 states for the multi-step loss) of the training
-split, normalised with the store's training-split statistics. Loss: the
-latitude-weighted MSE of the state error in units of the per-channel 6-h
-increment std, averaged over the rollout steps (backpropagated through the
-whole rollout). AdamW, linear warm-up then cosine decay per optimiser step;
-bf16 autocast on CUDA only. After every epoch: validation WRMSE (z500, t850 at
+windows of `rollout_steps` + 1 states for the multi-step loss, from epoch
+`rollout_from_epoch` on) of the training split, normalised with the store's
+training-split statistics. Loss: the latitude-weighted MSE of the state error
+in units of the per-channel 6-h increment std, averaged over the rollout steps
+(backpropagated through the whole rollout). AdamW, linear warm-up then cosine
+decay per optimiser step; bf16 autocast on CUDA only. After every epoch: validation WRMSE (z500, t850 at
 6 h and 24 h, physical units) and an atomic checkpoint with the training state,
 so rerunning the same command resumes where it stopped (a larger `epochs`
 extends the schedule). Deterministic on CPU for a given seed.
@@ -45,6 +45,7 @@ class TrainSettings:
     weight_decay: float = 1e-4
     warmup_steps: int = 50
     rollout_steps: int = 1  # states predicted per sample in the loss (1: single-step)
+    rollout_from_epoch: int = 0  # epochs of single-step loss before the multi-step loss (curriculum)
     width: int = 64
     blocks: int = 2
     levels: int = 1
@@ -168,7 +169,8 @@ def train(
         for i in range(per_epoch):
             for group in opt.param_groups:
                 group["lr"] = _lr(settings, epoch * per_epoch + i, total)
-            batch = windows[order[i * settings.batch_size : (i + 1) * settings.batch_size]].to(device)
+            steps = k if epoch >= settings.rollout_from_epoch else 1
+            batch = windows[order[i * settings.batch_size : (i + 1) * settings.batch_size], : steps + 1].to(device)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
                 loss = rollout_loss(net, batch, weights)
             opt.zero_grad(set_to_none=True)
