@@ -80,6 +80,20 @@ def seconds_per_step(model: ForecastModel, state: torch.Tensor, repeats: int = 3
     return best
 
 
+def timings(neural, state: torch.Tensor, dynamical: ForecastModel | None = None) -> list[tuple[str, str, int, float]]:
+    """(model, device, members, seconds per step): the neural model on CPU (and CUDA when present)."""
+    rows = []
+    for device in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
+        neural.to(device)
+        for n in (1, 16):
+            batch = state.expand(n, *state.shape[1:]).contiguous().to(device)
+            rows.append(("neural", device, n, seconds_per_step(neural, batch)))
+    neural.to("cpu")
+    if dynamical is not None:
+        rows.append(("dynamical_core", "cpu", 1, seconds_per_step(dynamical, state, repeats=1)))
+    return rows
+
+
 def kinetic_energy(state: torch.Tensor, layout, lat) -> torch.Tensor:
     """Area-weighted global mean of (u²+v²)/2 over all levels (m²/s²), per leading index."""
     n = len(layout.levels)

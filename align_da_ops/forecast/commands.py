@@ -119,15 +119,7 @@ def bench_forecast(
             table.add_row(name, f"+{lead} h", *[f"{row[k]:.3f}" if k == "t850" else f"{row[k]:.2f}" for k in ("z500", "t850", "u500", "v500")])
     out.print(table)
     state = layout.to_tensor(states.isel({grid.TIME: 0}).load())[0][None]
-    timing = [("neural", "cpu", 1, benchmark.seconds_per_step(neural.to("cpu"), state)),
-              ("neural", "cpu", 16, benchmark.seconds_per_step(neural, state.expand(16, -1, -1, -1).contiguous()))]
-    if torch.cuda.is_available():
-        neural.to("cuda")
-        for n in (1, 16):
-            timing.append(("neural", "cuda", n, benchmark.seconds_per_step(neural, state.expand(n, -1, -1, -1).contiguous().cuda())))
-        neural.to("cpu")
-    if dynamical:
-        timing.append(("dynamical_core", "cpu", 1, benchmark.seconds_per_step(models["dynamical_core"], state, repeats=1)))
+    timing = benchmark.timings(neural, state, models.get("dynamical_core"))
     ttable = Table(title=f"seconds per 6-h step (torch {torch.__version__}, {torch.get_num_threads()} CPU threads)")
     for col in ("model", "device", "members", "s / step", "s / step / member"):
         ttable.add_column(col)

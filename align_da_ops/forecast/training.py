@@ -114,6 +114,30 @@ def validation_scores(
     return {k: (v / len(starts) if starts else float("nan")) for k, v in sums.items()}
 
 
+def _epoch(net, opt, windows, weights, settings: TrainSettings, epoch: int, total: int, on_step, amp: bool) -> list[float]:
+    """One pass over the windows in a seeded order; returns the batch losses."""
+    device = weights.device
+    n = windows.shape[0]
+    per_epoch = math.ceil(n / settings.batch_size)
+    net.train()
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(settings.seed * 100003 + epoch))
+    losses = []
+    for i in range(per_epoch):
+        for group in opt.param_groups:
+            group["lr"] = _lr(settings, epoch * per_epoch + i, total)
+        batch = windows[order[i * settings.batch_size : (i + 1) * settings.batch_size]].to(device)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
+            loss = rollout_loss(net, batch, weights)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if on_step:
+            on_step(epoch, i + 1, per_epoch, losses[-1])
+    return losses
+
+
 def _resume(output: Path, cfg: ExperimentConfig, layout, arch: Architecture):
     ckpt = ckpt_io.read(output)
     ckpt_io.check_compatible(ckpt, layout.channels, cfg.state.grid.nlat, cfg.state.grid.nlon, arch.to_dict(), where=f"checkpoint {output}")
@@ -163,23 +187,9 @@ def train(
     total = settings.epochs * per_epoch
     amp = device.type == "cuda"
     for epoch in range(start_epoch, settings.epochs):
-        t0, losses = time.perf_counter(), []
-        net.train()
-        order = torch.randperm(n_windows, generator=torch.Generator().manual_seed(settings.seed * 100003 + epoch))
-        for i in range(per_epoch):
-            for group in opt.param_groups:
-                group["lr"] = _lr(settings, epoch * per_epoch + i, total)
-            steps = k if epoch >= settings.rollout_from_epoch else 1
-            batch = windows[order[i * settings.batch_size : (i + 1) * settings.batch_size], : steps + 1].to(device)
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
-                loss = rollout_loss(net, batch, weights)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            losses.append(loss.item())
-            if on_step:
-                on_step(epoch, i + 1, per_epoch, losses[-1])
+        t0 = time.perf_counter()
+        steps = k if epoch >= settings.rollout_from_epoch else 1
+        losses = _epoch(net, opt, windows[:, : steps + 1], weights, settings, epoch, total, on_step, amp)
         record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), **validation_scores(net, x_val, norm, layout, lat)}
         record["seconds"] = time.perf_counter() - t0
         history.append(record)
