@@ -15,7 +15,7 @@ from align_da_ops.data.sources import layout_of
 from align_da_ops.errors import CheckpointError, SchemaError
 from align_da_ops.forecast import checkpoint as ckpt_io
 from align_da_ops.forecast.base import ForecastModel, Persistence, rollout
-from align_da_ops.forecast.benchmark import Climatology, forecast_scores, kinetic_energy, starts_for
+from align_da_ops.forecast.benchmark import Climatology, forecast_scores, kinetic_energy, losses_to, starts_for
 from align_da_ops.forecast.network import Architecture, NeuralForecastModel, SphereUNet, sphere_pad
 from align_da_ops.forecast.training import TrainSettings, increment_std, rollout_loss, train
 from align_da_ops.grid import Normalization, gaussian_latitudes
@@ -180,6 +180,24 @@ def test_loading_is_weights_only(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="weights-only"):
         ckpt_io.read(tmp_path / "junk.pt")
+
+
+def test_cli_train_forecast(trained, tmp_path):
+    from typer.testing import CliRunner
+
+    from align_da_ops.cli import app
+    from factories import tiny_config_dict
+
+    cfg, _, _, _ = trained
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config_dict(cfg.nature_run.output)))
+    out = tmp_path / "cli.pt"
+    args = ["train", "forecast", str(path), "--epochs", "1", "--width", "8", "--blocks", "1", "-o", str(out), "--export", str(tmp_path / "x.pt")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert f"hash {ckpt_io.read(out)['content_hash']}" in res.output and (tmp_path / "x.pt").exists()
+    scores = {"neural": {6: {"z500": 1.0}}, "persistence": {6: {"z500": 2.0}}, "climatology": {6: {"z500": 0.5}}}
+    assert losses_to(scores) == ["z500 +6 h vs climatology"]
 
 
 def test_campaign_plug_in_builds_the_neural_model(trained):

@@ -122,6 +122,12 @@ def long_rollout_check(model: ForecastModel, states, layout, lat, start, days: f
             "ok": finite and abs(ratio - 1.0) <= ke_tolerance}
 
 
+def losses_to(scores: dict, model: str = "neural", references=("persistence", "climatology")) -> list[str]:
+    """Where `model` does not beat every reference: "z500 +48 h vs climatology" entries (empty: it wins)."""
+    return [f"{var} +{lead} h vs {ref}" for ref in references if ref in scores
+            for lead, row in scores[model].items() for var, value in row.items() if not value < scores[ref][lead][var]]
+
+
 def bench(models: Mapping[str, ForecastModel], states, layout, period, every_hours: int = 12, leads=LEADS) -> dict:
     """Scores of every model on the split `period`; {name: {lead: {var: wrmse}}}."""
     series = load_split(states, layout, period)

@@ -118,6 +118,9 @@ def bench_forecast(
         for lead, row in rows.items():
             table.add_row(name, f"+{lead} h", *[f"{row[k]:.3f}" if k == "t850" else f"{row[k]:.2f}" for k in ("z500", "t850", "u500", "v500")])
     out.print(table)
+    behind = benchmark.losses_to(scores)
+    out.print("neural beats persistence and climatology at every lead and variable: "
+              + ("[green]yes[/green]" if not behind else f"[red]no[/red] ({', '.join(behind)})"))
     state = layout.to_tensor(states.isel({grid.TIME: 0}).load())[0][None]
     timing = benchmark.timings(neural, state, models.get("dynamical_core"))
     ttable = Table(title=f"seconds per 6-h step (torch {torch.__version__}, {torch.get_num_threads()} CPU threads)")
