@@ -11,6 +11,7 @@ import yaml
 
 from align_da_ops import grid
 from align_da_ops.campaign import CampaignConfig, NeuralForecastConfig
+from align_da_ops.data import nature_run as nr
 from align_da_ops.data.sources import layout_of
 from align_da_ops.errors import CheckpointError, SchemaError
 from align_da_ops.forecast import checkpoint as ckpt_io
@@ -19,6 +20,7 @@ from align_da_ops.forecast.benchmark import Climatology, forecast_scores, kineti
 from align_da_ops.forecast.network import Architecture, NeuralForecastModel, SphereUNet, sphere_pad
 from align_da_ops.forecast.training import TrainSettings, increment_std, rollout_loss, train
 from align_da_ops.grid import Normalization, gaussian_latitudes
+from align_da_ops.verify import wrmse
 from align_da_ops.wiring import build_model
 
 from factories import REPO, tiny_config
@@ -226,3 +228,18 @@ def test_cuda_step_matches_cpu_and_bf16_training_step_runs():
         loss = rollout_loss(net, window, w)
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+
+
+def test_shipped_checkpoint_fits_the_tiny_config_and_beats_persistence(tiny_nature_run):
+    cfg = tiny_config(tiny_nature_run)
+    layout = layout_of(cfg)
+    path = ckpt_io.shipped_checkpoint(cfg.name)
+    assert path.stat().st_size < 5 * 2**20
+    model = ckpt_io.load_model(path, layout.channels, cfg.state.grid.nlat, cfg.state.grid.nlon)
+    assert model.normalization.channels == layout.channels and model.net.arch.levels >= 1
+    x, _ = layout.to_tensor(nr.open_nature_run(tiny_nature_run).isel(member=0).load())
+    lat = gaussian_latitudes(cfg.state.grid.nlat)
+    neural, persistence = wrmse(model.step(x[:-1]), x[1:], lat), wrmse(x[:-1], x[1:], lat)
+    for var, level in (("geopotential", 500), ("temperature", 850), ("u_component_of_wind", 500)):
+        c = layout.channel_index(var, level)
+        assert neural[:, c].mean() < 0.7 * persistence[:, c].mean(), var
