@@ -109,7 +109,7 @@ def trained(tiny_nature_run, tmp_path_factory):
     torch.set_num_threads(1)
     cfg = tiny_config(tiny_nature_run)
     out = tmp_path_factory.mktemp("neural") / "forecast.pt"
-    settings = TrainSettings(epochs=1, batch_size=1, warmup_steps=1, **SMALL)
+    settings = TrainSettings(epochs=1, batch_size=1, warmup_steps=1, rollout_steps=1, **SMALL)
     history = train(cfg, out, settings)
     return cfg, out, settings, history
 
@@ -194,7 +194,7 @@ def test_cli_train_forecast(trained, tmp_path):
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(tiny_config_dict(cfg.nature_run.output)))
     out = tmp_path / "cli.pt"
-    args = ["train", "forecast", str(path), "--epochs", "1", "--width", "8", "--blocks", "1", "-o", str(out), "--export", str(tmp_path / "x.pt")]
+    args = ["train", "forecast", str(path), "--epochs", "1", "--rollout-steps", "1", "--width", "8", "--blocks", "1", "-o", str(out), "--export", str(tmp_path / "x.pt")]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert f"hash {ckpt_io.read(out)['content_hash']}" in res.output and (tmp_path / "x.pt").exists()

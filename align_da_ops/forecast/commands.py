@@ -24,10 +24,10 @@ def default_checkpoint(experiment_name: str) -> Path:
 
 def train_forecast(
     config: Path,
-    epochs: int = typer.Option(60, help="Total epochs (a resumed run continues up to this)."),
+    epochs: int = typer.Option(22, help="Total epochs (a resumed run continues up to this)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Checkpoint (.pt); resumed if it exists. Default: data/<name>/neural-forecast.pt."),
-    rollout_steps: int = typer.Option(1, help="6-h steps in the loss (multi-step rollout loss when > 1)."),
-    rollout_from_epoch: int = typer.Option(0, help="Epochs of single-step loss before the rollout loss starts."),
+    rollout_steps: int = typer.Option(4, help="6-h steps in the loss (multi-step rollout loss when > 1)."),
+    rollout_from_epoch: int = typer.Option(16, help="Epochs of single-step loss before the rollout loss starts."),
     batch_size: int = typer.Option(8, help="Samples per optimiser step."),
     lr: float = typer.Option(1.5e-3, help="Peak learning rate (AdamW, cosine decay)."),
     width: int = typer.Option(64, help="Hidden channels at full resolution (multiple of 8)."),
