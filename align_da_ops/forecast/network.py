@@ -4,8 +4,9 @@ Architecture (`SphereUNet`): a small convolutional U-Net on the latitude-longitu
 grid with *spherical padding*: longitude wraps around (circular), and the rows
 beyond a pole are the rows on the other side of that pole, i.e. the same rows
 mirrored in latitude and shifted by 180° in longitude (what a point just
-across the pole really sees). Inputs are the normalised state plus sin/cos
-latitude (the forcing and the metric depend on latitude; the convolution alone
+across the pole really sees; winds are padded like scalars, their sign change
+across the pole is left to the learned filters). Inputs are the normalised
+state plus sin/cos latitude (the forcing and the metric depend on latitude; the convolution alone
 is blind to it). The net predicts the 6-h increment in units of the
 per-channel increment std (GraphCast-style residual scaling); its last layer
 starts at zero, so an untrained model is persistence.
