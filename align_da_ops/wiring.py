@@ -114,6 +114,7 @@ def build_context(campaign: CampaignConfig, experiment: ExperimentConfig) -> Cyc
             raise InputDataError(f"cold start needs a state valid at {when.isoformat()}; the data does not have it") from None
         return layout.to_tensor(snap)[0].to(device)
 
+    model = build_model(campaign, experiment, layout, device)
     provenance = {
         "experiment": experiment.name,
         "campaign": campaign.name,
@@ -124,10 +125,14 @@ def build_context(campaign: CampaignConfig, experiment: ExperimentConfig) -> Cyc
         "device": str(device),
         "forecast_model": campaign.forecast_model.kind,
         "analysis_method": campaign.analysis.kind,
-        "checkpoints": getattr(method, "provenance", lambda: {})(),
+        # content hashes of everything learned or estimated: B (3D-Var), forecast weights
+        "checkpoints": {
+            **getattr(method, "provenance", lambda: {})(),
+            **getattr(model, "provenance", lambda: {})(),
+        },
     }
     return CycleContext(
-        campaign, experiment, layout, lat, lon, archive, build_model(campaign, experiment, layout, device), method,
+        campaign, experiment, layout, lat, lon, archive, model, method,
         ObservationSource(campaign, truth), GridInterpolator(layout, lat, lon), initial_state, device, provenance,
     )
 

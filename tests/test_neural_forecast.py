@@ -243,3 +243,18 @@ def test_shipped_checkpoint_fits_the_tiny_config_and_beats_persistence(tiny_natu
     for var, level in (("geopotential", 500), ("temperature", 850), ("u_component_of_wind", 500)):
         c = layout.channel_index(var, level)
         assert neural[:, c].mean() < 0.7 * persistence[:, c].mean(), var
+
+
+def test_cycle_provenance_records_the_forecast_checkpoint_hash(tiny_nature_run, tmp_path):
+    from align_da_ops.campaign import CampaignConfig
+    from align_da_ops.wiring import build_context
+
+    from factories import tiny_config
+
+    raw = {
+        "name": "prov", "config": "unused.yaml", "start": "2000-01-02T00:00:00", "end": "2000-01-02T00:00:00",
+        "forecast_model": {"kind": "neural"}, "cold_start": {"kind": "truth_offset", "offset_days": 1},
+        "archive": str(tmp_path / "archive"),
+    }
+    ctx = build_context(CampaignConfig.model_validate(raw), tiny_config(tiny_nature_run))
+    assert ctx.provenance["checkpoints"]["forecast_model"] == ctx.model.content_hash != ""
