@@ -16,7 +16,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from align_da_ops.analysis.threedvar import ThreeDVarConfig
-from align_da_ops.config import ExperimentConfig, Frozen, _format_errors, load_config
+from align_da_ops.config import ExperimentConfig, Frozen, format_validation_errors, load_config
 from align_da_ops.errors import ConfigError
 from align_da_ops.obs.config import ObservationsConfig
 from align_da_ops.times import CycleTime
@@ -125,5 +125,5 @@ def load_campaign(path: str | Path) -> tuple[CampaignConfig, ExperimentConfig]:
     try:
         campaign = CampaignConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, path)) from None
+        raise ConfigError(format_validation_errors(exc, path)) from None
     return campaign, load_config(campaign.config)

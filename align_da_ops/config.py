@@ -196,7 +196,8 @@ class ExperimentConfig(Frozen):
         return self
 
 
-def _format_errors(err: ValidationError, path: Path) -> str:
+def format_validation_errors(err: ValidationError, path: Path) -> str:
+    """One line per invalid field: dotted path, rule broken and the value given."""
     lines = [f"invalid config {path}:"]
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "<root>"
@@ -222,7 +223,7 @@ def load_config(path: str | Path) -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, path)) from None
+        raise ConfigError(format_validation_errors(exc, path)) from None
 
 
 def resolved(config: BaseModel) -> dict:
