@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import xarray as xr
 import yaml
 
 from align_da_ops import grid

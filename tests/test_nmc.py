@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from align_da_ops import grid
 from align_da_ops.analysis.covariance import estimate_nmc
 from align_da_ops.analysis.nmc import nmc_covariance, nmc_valid_times
 from align_da_ops.data.sources import layout_of, open_states

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import zlib
 from collections.abc import Callable
 from datetime import datetime, timezone

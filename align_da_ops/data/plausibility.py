@@ -7,7 +7,6 @@ temperatures within ~180–320 K, nonzero eddy kinetic energy, no NaN.
 
 from __future__ import annotations
 
-import numpy as np
 import xarray as xr
 
 from align_da_ops import grid
