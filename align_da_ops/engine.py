@@ -99,10 +99,9 @@ def _background(ctx: CycleContext, cycle: CycleTime) -> torch.Tensor:
 
 
 def _quality_control(ctx: CycleContext, cycle: CycleTime, obs, background):
-    qc = ctx.campaign.observations.qc
-    obs = run_qc(obs, qc, cycle.as_numpy(), ctx.interpolator)
+    """H(x_b) for every row (NaN where no operator), then all QC checks once, the background check last."""
     hx_b = ctx.interpolator.prepare(obs, ctx.device)(background).cpu().numpy()
-    obs = run_qc(obs, qc, cycle.as_numpy(), ctx.interpolator, hx_background=hx_b)
+    obs = run_qc(obs, ctx.campaign.observations.qc, cycle.as_numpy(), ctx.interpolator, hx_background=hx_b)
     return obs, hx_b
 
 
