@@ -155,7 +155,7 @@ def test_incompatible_or_corrupt_checkpoints_are_refused(trained, tmp_path):
     ckpt["architecture"]["width"] = 16  # claims another architecture, re-hashed: weights no longer fit
     ckpt["content_hash"] = ckpt_io.content_hash(ckpt)
     ckpt_io.save(ckpt, tmp_path / "arch.pt")
-    with pytest.raises(CheckpointError, match="do not fit architecture"):
+    with pytest.raises(CheckpointError, match="do not fit its recorded architecture"):
         ckpt_io.load_model(tmp_path / "arch.pt")
     ckpt = ckpt_io.read(out)
     ckpt["state_dict"]["project.bias"] += 1.0  # tampered, hash not updated
