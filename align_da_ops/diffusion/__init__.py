@@ -1,0 +1,1 @@
+"""Score-based prior on the latent space: schedule, denoiser network, samplers, observation guidance."""
