@@ -1,0 +1,1 @@
+"""Alignment of the diffusion prior: rewards, preference pairs, Diffusion-DPO/IPO training."""
