@@ -78,13 +78,14 @@ class Archive:
         self.lon = np.asarray(meta["longitudes"])
         self.leads = tuple(int(x) for x in meta["leads_hours"])
         self.n_members = int(meta.get("members_stored", 0))
+        self.ensemble = bool(meta.get("ensemble", self.n_members > 0))
         self._lock_file = None
 
     # -- creation / opening --------------------------------------------------------
     @classmethod
     def create_or_open(
         cls, root: Path, experiment: str, layout: grid.StateLayout, lat, lon, leads_hours, start: CycleTime,
-        members_stored: int = 0,
+        members_stored: int = 0, ensemble: bool = False,
     ) -> "Archive":
         root = Path(root)
         meta = {
@@ -96,6 +97,7 @@ class Archive:
             "longitudes": [float(x) for x in lon],
             "leads_hours": [int(x) for x in leads_hours],
             "members_stored": int(members_stored),
+            "ensemble": bool(ensemble or members_stored),
             "first_cycle": start.value.isoformat(),
         }
         if (root / "archive.json").exists():
@@ -200,8 +202,10 @@ class Archive:
 
     def _products(self) -> list[str]:
         out = ["background", "analysis", "forecast"]
+        if self.ensemble:
+            out.append("spread")
         if self.n_members:
-            out += ["spread", "members"]
+            out.append("members")
         return out
 
     def _ensure_time(self, cycle: CycleTime) -> int:
@@ -304,11 +308,14 @@ class Archive:
         self._write_product("analysis", record.analysis, index)
         stacked = torch.stack([record.forecasts[lead] for lead in self.leads])
         self._write_product("forecast", stacked, index, lead_dims=("lead",), coords={"lead": list(self.leads)})
+        if self.ensemble:
+            if record.spread is None:
+                raise ArchiveError(f"archive stores the ensemble spread; cycle {record.cycle} brought no ensemble")
+            self._write_product("spread", record.spread, index)
         if self.n_members:
             if record.members is None or record.members.shape[0] != self.n_members:
                 raise ArchiveError(f"archive stores {self.n_members} members; cycle {record.cycle} brought "
                                    f"{None if record.members is None else record.members.shape[0]}")
-            self._write_product("spread", record.spread, index)
             self._write_product("members", record.members, index, lead_dims=(grid.MEMBER,),
                                 coords={grid.MEMBER: np.arange(self.n_members)})
         self._write_obs(record)

@@ -15,6 +15,7 @@ from typing import Annotated, Literal, Union
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from align_da_ops.analysis.latent_diffusion import LatentDiffusionConfig
 from align_da_ops.analysis.threedvar import ThreeDVarConfig
 from align_da_ops.config import ExperimentConfig, Frozen, format_validation_errors, load_config
 from align_da_ops.errors import ConfigError
@@ -28,7 +29,7 @@ class BackgroundOnlyConfig(Frozen):
     kind: Literal["background_only"] = "background_only"
 
 
-AnalysisConfig = Annotated[Union[BackgroundOnlyConfig, ThreeDVarConfig], Field(discriminator="kind")]
+AnalysisConfig = Annotated[Union[BackgroundOnlyConfig, ThreeDVarConfig, LatentDiffusionConfig], Field(discriminator="kind")]
 
 
 class DynamicalCoreForecastConfig(Frozen):

@@ -60,8 +60,9 @@ def run_cycle(ctx: CycleContext, cycle: CycleTime, force: bool = False) -> Cycle
     watch.lap("qc")
     used = obs.select(obs.passed)
     operator = ctx.interpolator.prepare(used, ctx.device)
-    generator = torch.Generator(device="cpu").manual_seed(member_seed(ctx.campaign.name, ctx.campaign.seed, cycle, 0))
-    result = ctx.method.analyse(background, used, operator, generator)
+    seeds = [member_seed(ctx.campaign.name, ctx.campaign.seed, cycle, m) for m in range(getattr(ctx.method, "members", 1))]
+    generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
+    result = ctx.method.analyse(background, used, operator, generators)
     watch.lap("analysis")
     result, flags = _check(ctx, cycle, background, result)
     forecasts = rollout(ctx.model, result.analysis[None], list(ctx.campaign.leads_hours))
@@ -72,15 +73,21 @@ def run_cycle(ctx: CycleContext, cycle: CycleTime, force: bool = False) -> Cycle
     provenance = {
         **ctx.provenance,
         "cycle": cycle.value.isoformat(),
-        "seed": member_seed(ctx.campaign.name, ctx.campaign.seed, cycle, 0),
+        "seed": seeds[0],
+        "member_seeds": seeds,
         "cold_start": cycle == ctx.campaign.first,
         "qc_counts": obs.flag_counts(),
         "n_obs_used": int(len(used)),
         "diagnostics": result.diagnostics,
         **flags,
     }
+    members = result.members.cpu() if result.members is not None else None
+    if members is None and ctx.archive.ensemble:  # a fallback archives the background as every member
+        members = result.analysis.cpu()[None].repeat(len(generators), 1, 1, 1)
     record = CycleRecord(cycle, background.cpu(), result.analysis.cpu(), {k: v.cpu() for k, v in forecasts.items()},
-                         obs, hx_b, hx_a, monitoring, provenance)
+                         obs, hx_b, hx_a, monitoring, provenance,
+                         spread=members.std(0) if members is not None else None,
+                         members=members if ctx.archive.n_members else None)
     watch.lap("monitoring")
     record.provenance["wall_s"] = dict(watch.laps)
     ctx.archive.write_cycle(record, force=force)

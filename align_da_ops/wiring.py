@@ -87,11 +87,25 @@ def build_model(campaign: CampaignConfig, experiment: ExperimentConfig, layout, 
     return DynamicalCoreModel(nr.build_core(experiment.nature_run, device), layout)
 
 
-def build_method(campaign: CampaignConfig, layout, lat, lon) -> AnalysisMethod:
+def build_method(campaign: CampaignConfig, experiment: ExperimentConfig, layout, lat, lon, device) -> AnalysisMethod:
     cfg = campaign.analysis
     if cfg.kind == "background_only":
         return BackgroundOnly()
+    if cfg.kind == "latent_diffusion":
+        return build_latent_diffusion(cfg, experiment, layout, device)
     return ThreeDVar.from_config(cfg, layout.channels, lat, lon)
+
+
+def build_latent_diffusion(cfg, experiment: ExperimentConfig, layout, device):
+    """Autoencoder + prior (packaged for the experiment unless paths are given) -> LatentDiffusion."""
+    from align_da_ops.analysis.latent_diffusion import LatentDiffusion
+    from align_da_ops.diffusion.checkpoint import load_prior, shipped_prior
+    from align_da_ops.latent.checkpoint import load_autoencoder, shipped_checkpoint
+
+    nlat, nlon = experiment.state.grid.nlat, experiment.state.grid.nlon
+    autoencoder = load_autoencoder(cfg.autoencoder or shipped_checkpoint(experiment.name), layout.channels, nlat, nlon, device)
+    prior = load_prior(cfg.prior or shipped_prior(experiment.name), autoencoder.content_hash, device)
+    return LatentDiffusion(cfg, autoencoder, prior, autoencoder.normalization.std)
 
 
 def build_context(campaign: CampaignConfig, experiment: ExperimentConfig) -> CycleContext:
@@ -100,11 +114,13 @@ def build_context(campaign: CampaignConfig, experiment: ExperimentConfig) -> Cyc
     states = open_states(experiment)
     lat, lon = states[grid.LAT].values, states[grid.LON].values
     truth = states if experiment.data.kind == "nature_run" else None
-    n_members = 0
+    method = build_method(campaign, experiment, layout, lat, lon, device)
+    n_members = getattr(method, "members", 1)
+    stored = n_members if n_members > 1 and getattr(campaign.analysis, "store_members", False) else 0
     archive = Archive.create_or_open(
-        campaign.archive, campaign.name, layout, lat, lon, campaign.leads_hours, campaign.first, n_members
+        campaign.archive, campaign.name, layout, lat, lon, campaign.leads_hours, campaign.first, stored,
+        ensemble=n_members > 1,
     )
-    method = build_method(campaign, layout, lat, lon)
 
     def initial_state() -> torch.Tensor:
         when = campaign.start - timedelta(days=campaign.cold_start.offset_days)

@@ -1,13 +1,14 @@
 """The contract every analysis method meets, and the trivial background-only method.
 
-`AnalysisMethod.analyse(background, obs, operator, generator)` is pure: no I/O,
-no global state; randomness only through `generator` (seeded by the engine from
-(experiment, cycle, member)). Inputs:
+`AnalysisMethod.analyse(background, obs, operator, generators)` is pure: no I/O,
+no global state; randomness only through `generators`, one torch.Generator per
+ensemble member, seeded by the engine from (campaign, cycle, member); a method
+declares its ensemble size as `members` (1 when absent). Inputs:
 - `background`: (channel, lat, lon) tensor in physical units (the schema layout);
 - `obs`: the observations to assimilate (all rows passed QC);
 - `operator`: H prepared for exactly those rows: `operator(x)` maps
   (*leading, channel, lat, lon) -> (*leading, n_obs), differentiable, linear;
-- `generator`: a torch.Generator for stochastic methods.
+- `generators`: `members` torch.Generators (deterministic methods ignore them).
 Output: `AnalysisResult` with the analysis (the ensemble mean where there is an
 ensemble), optional members (N, channel, lat, lon) and scalar diagnostics.
 """
@@ -15,6 +16,7 @@ ensemble), optional members (N, channel, lat, lon) and scalar diagnostics.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -35,7 +37,7 @@ class AnalysisMethod(Protocol):
     name: str
 
     def analyse(
-        self, background: torch.Tensor, obs: ObsBatch, operator: PreparedOperator, generator: torch.Generator
+        self, background: torch.Tensor, obs: ObsBatch, operator: PreparedOperator, generators: Sequence[torch.Generator]
     ) -> AnalysisResult: ...
 
 
@@ -44,5 +46,5 @@ class BackgroundOnly:
 
     name = "background_only"
 
-    def analyse(self, background, obs, operator, generator) -> AnalysisResult:
+    def analyse(self, background, obs, operator, generators) -> AnalysisResult:
         return AnalysisResult(analysis=background.clone(), diagnostics={"n_obs": float(len(obs))})

@@ -214,7 +214,7 @@ class ThreeDVar:
             self._operators[key] = self.covariance.operator(device, dtype)
         return self._operators[key]
 
-    def analyse(self, background: torch.Tensor, obs: ObsBatch, operator, generator=None) -> AnalysisResult:
+    def analyse(self, background: torch.Tensor, obs: ObsBatch, operator, generators=None) -> AnalysisResult:
         if tuple(background.shape) != self.covariance.grid_shape:
             raise SchemaError(
                 f"background shape {tuple(background.shape)} != B's (channel, lat, lon) {self.covariance.grid_shape}"

@@ -23,7 +23,18 @@ returns the prior denoiser itself (so it equals ObsFree exactly).
   The variance term is SDA's: the spread of x0 given z_t, exact for a
   unit-variance Gaussian prior with gamma = 1. The guided noise is
   eps' = eps - strength * sigma * grad_{z_t} log p(y | z_t); strength 1 is Bayes'
-  rule, larger values pull harder towards the observations.
+  rule, larger values pull harder towards the observations. The variance term
+  assumes the decoder neither stretches nor shrinks much (normalised latents to
+  normalised states); where it does, the linearised step can overshoot, so the
+  guidance term is capped per member at an RMS of `clip` (in units of eps,
+  whose RMS is ~1): a trust region that leaves well-posed steps untouched.
+  The gradient reaches z_t through the decoder and, by default, through the
+  Jacobian of Tweedie's estimate of a unit-variance Gaussian prior,
+  d z0_hat / d z_t = mu / (mu^2 + sigma^2) (exact for that prior; no
+  back-propagation through the prior network, and no 1/mu amplification of the
+  network's errors at high noise, which made the full version diverge on
+  learned priors with few steps). `through_denoiser=True` back-propagates
+  through the network instead (the original DPS).
 """
 
 from __future__ import annotations
@@ -71,8 +82,8 @@ class ObservationTerm:
             operator.state_shape[1] * operator.state_shape[2]
         )
         scale = (operator.weight.double() * std[operator.index.cpu()]).sum(-1)
-        value = torch.as_tensor(np.asarray(value), dtype=torch.float64)
-        error = (torch.as_tensor(np.asarray(error), dtype=torch.float64) / scale).clamp_min(min_error)
+        value, error = _float64(value), _float64(error) / scale
+        error = error.clamp_min(min_error)
         return cls(operator, value.float().to(device), scale.float().to(device), error.float().to(device))
 
     def __len__(self) -> int:
@@ -85,6 +96,12 @@ class ObservationTerm:
         total = torch.zeros(len(points), dtype=self.value.dtype, device=self.value.device).index_add_(0, inverse, self.value)
         count = torch.zeros_like(total).index_add_(0, inverse, torch.ones_like(self.value))
         return points, total / count
+
+
+def _float64(values) -> torch.Tensor:
+    if isinstance(values, torch.Tensor):
+        return values.detach().to("cpu", torch.float64)
+    return torch.as_tensor(np.array(values, dtype=np.float64))
 
 
 class ObsFree:
@@ -121,6 +138,8 @@ class Repaint:
 class DPS:
     strength: float = 1.0
     gamma: float = 1.0
+    clip: float = 1.0
+    through_denoiser: bool = False
     name = "dps"
 
     def wrap(self, denoiser: Denoiser, schedule: CosineSchedule, codec: Codec, obs: ObservationTerm) -> Denoiser:
@@ -130,24 +149,33 @@ class DPS:
         def guided(z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             mu, sigma = schedule.mu(t), schedule.sigma(t)
             with torch.enable_grad():
-                z = z_t.detach().requires_grad_(True)
-                eps = denoiser(z, t)
-                x0 = codec.decode((z - sigma * eps) / mu)
+                if self.through_denoiser:
+                    z = z_t.detach().requires_grad_(True)
+                    eps = denoiser(z, t)
+                    z0 = (z - sigma * eps) / mu
+                else:
+                    eps = denoiser(z_t, t).detach()
+                    z0 = ((z_t - sigma * eps) / mu).requires_grad_(True)
+                x0 = codec.decode(z0)
                 residual = (obs.value.to(x0.dtype) - obs.operator(x0)) / obs.scale.to(x0.dtype)
                 variance = obs.error.to(x0.dtype) ** 2 + self.gamma * sigma**2 / (mu**2 + sigma**2)
                 log_likelihood = -0.5 * (residual**2 / variance).sum()
-                (grad,) = torch.autograd.grad(log_likelihood, z)
-            return eps.detach() - self.strength * sigma * grad
+                (grad,) = torch.autograd.grad(log_likelihood, z if self.through_denoiser else z0)
+            if not self.through_denoiser:
+                grad = grad * mu / (mu**2 + sigma**2)  # d z0_hat / d z_t of a unit-variance Gaussian prior
+            step = self.strength * sigma * grad
+            rms = step.pow(2).mean(dim=tuple(range(1, step.dim())), keepdim=True).sqrt()
+            return eps.detach() - step * (self.clip / rms.clamp_min(1e-30)).clamp(max=1.0)
 
         return guided
 
 
-def guidance_of(kind: str, strength: float = 1.0, gamma: float = 1.0):
+def guidance_of(kind: str, strength: float = 1.0, gamma: float = 1.0, clip: float = 1.0):
     """The guidance mode named `kind` (obs_free | repaint | dps)."""
     if kind == "obs_free":
         return ObsFree()
     if kind == "repaint":
         return Repaint(strength)
     if kind == "dps":
-        return DPS(strength, gamma)
+        return DPS(strength, gamma, clip)
     raise ValueError(f"unknown guidance {kind!r}; expected obs_free, repaint or dps")

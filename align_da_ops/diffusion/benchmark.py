@@ -1,0 +1,118 @@
+"""`align-da bench sampler`: seconds per analysis against network evaluations and ensemble size.
+
+Two set-ups: the experiment's packaged autoencoder and prior (tiny on CPU), and
+the paper's scale, 128x256 with 69 channels and a 32x64 latent, with random
+weights (speed does not depend on the weights), on CUDA when present. The
+observations are the paper's 1 % random mask (every channel at 1 % of the grid
+points, exact grid selection), so DPS pays its real decoder back-propagation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from align_da_ops import grid
+from align_da_ops.diffusion.checkpoint import LatentPrior
+from align_da_ops.diffusion.guidance import ObservationTerm, guidance_of
+from align_da_ops.diffusion.network import LatentUNet, PriorArchitecture, latent_latitudes
+from align_da_ops.diffusion.samplers import Sampler
+from align_da_ops.diffusion.schedule import CosineSchedule
+from align_da_ops.obs.operators import PreparedOperator
+
+
+@dataclasses.dataclass
+class Setup:
+    name: str
+    device: torch.device
+    autoencoder: object
+    prior: LatentPrior
+    background: torch.Tensor  # (C, lat, lon) physical
+    term: ObservationTerm
+
+    @property
+    def n_obs(self) -> int:
+        return len(self.term)
+
+
+def random_mask_term(background: torch.Tensor, channel_std, fraction: float = 0.01, seed: int = 0) -> ObservationTerm:
+    """Every channel observed at `fraction` of the grid points, values = background + noise."""
+    c, nlat, nlon = background.shape
+    rng = np.random.default_rng(seed)
+    points = rng.choice(nlat * nlon, max(1, int(round(fraction * nlat * nlon))), replace=False)
+    flat = (np.arange(c)[:, None] * nlat * nlon + points[None]).reshape(-1)
+    index = torch.as_tensor(flat, dtype=torch.int64)[:, None].repeat(1, 8)
+    weight = torch.zeros(len(flat), 8, dtype=torch.float64)
+    weight[:, 0] = 1.0
+    op = PreparedOperator(index, weight, torch.ones(len(flat), dtype=torch.bool), (c, nlat, nlon))
+    std = np.repeat(np.asarray(channel_std, dtype=np.float64), len(points))
+    value = background.flatten().double().cpu().numpy()[flat] + 0.1 * std * rng.standard_normal(len(flat))
+    return ObservationTerm.build(op, value, 0.1 * std, channel_std, device=background.device)
+
+
+def packaged_setup(config: Path) -> Setup:
+    from align_da_ops.config import load_config
+    from align_da_ops.data.sources import layout_of, open_states
+    from align_da_ops.devices import resolve_device
+    from align_da_ops.diffusion.checkpoint import load_prior, shipped_prior
+    from align_da_ops.latent.checkpoint import load_autoencoder, shipped_checkpoint
+
+    cfg = load_config(config)
+    layout, device = layout_of(cfg), resolve_device(cfg.device)
+    ae = load_autoencoder(shipped_checkpoint(cfg.name), layout.channels, cfg.state.grid.nlat, cfg.state.grid.nlon, device)
+    prior = load_prior(shipped_prior(cfg.name), ae.content_hash, device)
+    background = layout.to_tensor(open_states(cfg).isel({grid.TIME: 0}).load())[0].to(device)
+    return Setup(f"{cfg.name} (packaged weights)", device, ae, prior, background,
+                 random_mask_term(background, ae.normalization.std))
+
+
+def paper_scale_setup(nlat: int = 128, nlon: int = 256, channels: int = 69) -> Setup:
+    from align_da_ops.latent.autoencoder import AutoencoderArchitecture, AutoencoderModel, SphereAutoencoder
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    lat = grid.equiangular_latitudes(nlat)
+    norm = grid.Normalization(tuple(f"c{i}" for i in range(channels)), np.zeros(channels), np.ones(channels), ("", ""))
+    ae = AutoencoderModel(SphereAutoencoder(AutoencoderArchitecture(channels, latent_channels=channels), lat), norm).to(device)
+    cz = ae.latent_shape(nlat, nlon)[0]
+    net = LatentUNet(PriorArchitecture(cz, width=128, blocks=2, levels=2), latent_latitudes(lat, ae.downsampling))
+    prior = LatentPrior(net, CosineSchedule(), {"content_hash": "random"}).to(device)
+    background = torch.randn(channels, nlat, nlon, device=device)
+    return Setup(f"paper scale {nlat}x{nlon}x{channels} (random weights)", device, ae, prior, background,
+                 random_mask_term(background, np.ones(channels)))
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def analysis_seconds(setup: Setup, sampler: Sampler, members: int, mode: str) -> float:
+    """Wall seconds of one full analysis: encode, guided sampling of `members` in one batch, decode."""
+    gens = [torch.Generator().manual_seed(m) for m in range(members)]
+    _sync(setup.device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        z_b = setup.autoencoder.encode(setup.background[None])
+    denoiser = guidance_of(mode).wrap(setup.prior.denoiser(z_b), setup.prior.schedule, setup.autoencoder, setup.term)
+    z = sampler.sample(denoiser, setup.prior.schedule, z_b.shape[1:], gens, setup.device)
+    with torch.no_grad():
+        setup.autoencoder.decode(z).mean(0)
+    _sync(setup.device)
+    return time.perf_counter() - t0
+
+
+def time_sampler(setup: Setup, steps, members, corrections: int, modes) -> list[dict]:
+    analysis_seconds(setup, Sampler(2), 1, modes[0])  # warm-up (allocations, kernels)
+    rows = []
+    for mode in modes:
+        for n in members:
+            for k in steps:
+                sampler = Sampler(k, corrections)
+                rows.append({"guidance": mode, "steps": k, "evaluations": sampler.evaluations, "members": n,
+                             "seconds": analysis_seconds(setup, sampler, n, mode)})
+    return rows

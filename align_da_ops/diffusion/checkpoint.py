@@ -1,0 +1,88 @@
+"""Checkpoints of the latent prior (unaligned or aligned), on `align_da_ops.checkpoint_io`.
+
+Metadata (all hashed): config (experiment JSON), config_hash, architecture
+(PriorArchitecture), latent_shape (Cz, h, w), latent_latitudes, schedule {eta},
+autoencoder (content hash of the autoencoder whose latents it models),
+forecast_model (hash of the model that made its training backgrounds), leads
+(background leads in hours), lineage {kind: dsm | dpo | ipo, reference: hash of
+the prior it was aligned from ('' for dsm), preference_data: hash of the pairs
+('' for dsm), settings}. `state_dict` holds the EMA weights (the ones sampled
+with); `training` the raw weights, optimiser and history for resuming.
+Loading refuses a prior made for another autoencoder than the one in use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from align_da_ops import checkpoint_io
+from align_da_ops.diffusion.network import Conditioned, LatentUNet, PriorArchitecture
+from align_da_ops.diffusion.schedule import CosineSchedule
+from align_da_ops.errors import CheckpointError
+
+FORMAT = "align-da-ops/latent-prior/1"
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+META_KEYS = (
+    "format", "config", "config_hash", "architecture", "latent_shape", "latent_latitudes", "schedule",
+    "autoencoder", "forecast_model", "leads", "lineage",
+)
+
+
+def shipped_prior(experiment_name: str, variant: str = "") -> Path:
+    """The packaged prior for an experiment: prior-<name>.pt, or prior-<name>-<variant>.pt (e.g. aligned-m)."""
+    return SHIPPED_DIR / (f"prior-{experiment_name}-{variant}.pt" if variant else f"prior-{experiment_name}.pt")
+
+
+def build_checkpoint(net: LatentUNet, meta: dict, training=None) -> dict:
+    """`meta` holds every META_KEYS entry but format and architecture."""
+    full = {**meta, "architecture": net.arch.to_dict()}
+    return checkpoint_io.assemble(FORMAT, full, net, META_KEYS, training)
+
+
+def read(path: Path) -> dict:
+    return checkpoint_io.read(path, FORMAT, META_KEYS, "train one with `align-da train prior CONFIG`")
+
+
+def network_of(ckpt: dict, where: str = "") -> LatentUNet:
+    try:
+        arch = PriorArchitecture(**ckpt["architecture"])
+    except TypeError as exc:
+        raise CheckpointError(f"{where} has an unknown architecture {ckpt['architecture']}: {exc}") from None
+    net = LatentUNet(arch, np.asarray(ckpt["latent_latitudes"]))
+    return checkpoint_io.load_weights(net, ckpt, where)
+
+
+class LatentPrior:
+    """p(z | z_b): the EMA network of a checkpoint plus its schedule; `denoiser(z_b)` binds a background."""
+
+    def __init__(self, net: LatentUNet, schedule: CosineSchedule, meta: dict):
+        self.net = net.eval().requires_grad_(False)
+        self.schedule = schedule
+        self.meta = meta
+        self.content_hash = meta["content_hash"]
+
+    def denoiser(self, z_background: torch.Tensor) -> Conditioned:
+        return Conditioned(self.net, z_background)
+
+    def to(self, device) -> "LatentPrior":
+        self.net.to(device)
+        return self
+
+    def provenance(self) -> dict:
+        return {"prior": self.content_hash}
+
+
+def load_prior(path: Path, autoencoder_hash: str | None = None, device="cpu") -> LatentPrior:
+    """The prior in a checkpoint; refuses one trained on another autoencoder's latents."""
+    ckpt = read(path)
+    if autoencoder_hash is not None and ckpt["autoencoder"] != autoencoder_hash:
+        raise CheckpointError(
+            f"prior {path} models the latents of autoencoder {ckpt['autoencoder']}, but autoencoder "
+            f"{autoencoder_hash} is in use; retrain the prior (`align-da train prior`) on this autoencoder"
+        )
+    net = network_of(ckpt, where=f"prior {path}")
+    meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "training")}
+    return LatentPrior(net, CosineSchedule(float(ckpt["schedule"]["eta"])), meta).to(torch.device(device))

@@ -1,0 +1,121 @@
+"""CLI commands of the latent prior (`align-da train prior`, `align-da bench sampler`).
+
+Registered by `align_da_ops.cli`; heavy imports live inside the commands.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+out = Console(width=None if sys.stdout.isatty() else 140)
+
+
+def default_prior(experiment_name: str) -> Path:
+    return Path("data") / experiment_name / "prior.pt"
+
+
+def _parse_ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"{what} must be comma-separated integers; got {text!r}") from None
+    return values
+
+
+def train_prior(
+    config: Path,
+    epochs: int = typer.Option(150, help="Total epochs (a resumed run continues up to this)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Checkpoint; resumed if it exists. Default: data/<name>/prior.pt."),
+    autoencoder: Optional[Path] = typer.Option(None, help="Autoencoder checkpoint (default: the packaged one)."),
+    forecast: Optional[Path] = typer.Option(None, help="Neural forecast checkpoint making the backgrounds (default: packaged)."),
+    leads: str = typer.Option("6,12,24,36,48,72", help="Background leads in hours (comma-separated multiples of 6)."),
+    batch_size: int = typer.Option(32),
+    lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW, cosine decay)."),
+    width: int = typer.Option(64, help="Hidden channels at latent resolution (multiple of 8)."),
+    blocks: int = typer.Option(2),
+    levels: int = typer.Option(1, help="2x poolings of the latent grid."),
+    seed: int = typer.Option(0),
+    threads: int = typer.Option(0, help="torch CPU threads (0: torch's choice)."),
+    export: Optional[Path] = typer.Option(None, help="Also write an inference-only copy here."),
+):
+    """Train (or resume) the background-conditioned latent prior by denoising score matching."""
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from align_da_ops import checkpoint_io
+    from align_da_ops.config import load_config
+    from align_da_ops.data.sources import layout_of
+    from align_da_ops.devices import resolve_device
+    from align_da_ops.diffusion import checkpoint as prior_io
+    from align_da_ops.diffusion.training import PriorSettings
+    from align_da_ops.diffusion.training import train_prior as run
+    from align_da_ops.forecast.checkpoint import load_model
+    from align_da_ops.forecast.checkpoint import shipped_checkpoint as shipped_forecast
+    from align_da_ops.latent.checkpoint import load_autoencoder, shipped_checkpoint
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = load_config(config)
+    layout, device = layout_of(cfg), resolve_device(cfg.device)
+    nlat, nlon = cfg.state.grid.nlat, cfg.state.grid.nlon
+    ae = load_autoencoder(autoencoder or shipped_checkpoint(cfg.name), layout.channels, nlat, nlon, device)
+    model = load_model(forecast or shipped_forecast(cfg.name), layout.channels, nlat, nlon, device)
+    settings = PriorSettings(epochs=epochs, batch_size=batch_size, lr=lr, width=width, blocks=blocks, levels=levels,
+                             leads=_parse_ints(leads, "--leads"), seed=seed)
+    target = output or default_prior(cfg.name)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task("epoch", total=None)
+
+        def on_step(epoch, i, n, loss):
+            bar.update(task, completed=i, total=n, description=f"epoch {epoch + 1}/{epochs} loss {loss:.4f}")
+
+        def on_epoch(r):
+            if r["epoch"] % 10 == 0 or r["epoch"] == epochs:
+                bar.console.print(f"epoch {r['epoch']:4d}  loss {r['loss']:.4f}  validation {r['val_loss']:.4f}  {r['seconds']:.1f} s")
+
+        history = run(cfg, target, ae, model, settings, device, on_step=on_step, on_epoch=on_epoch)
+    ckpt = prior_io.read(target)
+    out.print(f"wrote {target} (hash {ckpt['content_hash']}, autoencoder {ckpt['autoencoder']}, {len(history)} epochs, "
+              f"{sum(r['seconds'] for r in history):.0f} s; validation DSM loss {history[-1]['val_loss']:.4f})")
+    if export is not None:
+        out.print(f"exported {export} (hash {checkpoint_io.strip_training(ckpt, export)})")
+
+
+def bench_sampler(
+    config: Path = typer.Argument(Path("config/tiny.yaml"), help="Experiment config whose packaged models are timed."),
+    steps: str = typer.Option("4,8,16,32,64,128", help="Sampler steps to time."),
+    members: str = typer.Option("1,8,32", help="Ensemble sizes to time."),
+    corrections: int = typer.Option(0, help="Langevin corrections per step."),
+    guidance: str = typer.Option("obs_free,dps", help="Guidance modes (obs_free, repaint, dps)."),
+    paper_scale: bool = typer.Option(False, help="Also time 128x256x69 with random weights (on the GPU if present)."),
+    threads: int = typer.Option(0, help="torch CPU threads (0: torch's choice)."),
+):
+    """Seconds per analysis against network evaluations and ensemble size (1 % random-mask observations)."""
+    import torch
+
+    from align_da_ops.diffusion import benchmark
+
+    if threads:
+        torch.set_num_threads(threads)
+    steps_list, members_list = _parse_ints(steps, "--steps"), _parse_ints(members, "--members")
+    modes = tuple(guidance.split(","))
+    setups = [benchmark.packaged_setup(config)]
+    if paper_scale:
+        setups.append(benchmark.paper_scale_setup())
+    for setup in setups:
+        rows = benchmark.time_sampler(setup, steps_list, members_list, corrections, modes)
+        table = Table(title=f"{setup.name}: seconds per analysis ({setup.device}, torch {torch.__version__}, "
+                            f"{torch.get_num_threads()} CPU threads, {setup.n_obs} observations)")
+        for col in ("guidance", "steps", "network evals", "members", "s / analysis", "s / member", "ms / eval"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(r["guidance"], str(r["steps"]), str(r["evaluations"]), str(r["members"]), f"{r['seconds']:.3f}",
+                          f"{r['seconds'] / r['members']:.4f}", f"{1000 * r['seconds'] / r['evaluations']:.2f}")
+        out.print(table)
