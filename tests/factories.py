@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from align_da_ops.config import ExperimentConfig
+from align_da_ops.diffusion.training import PriorSettings
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -30,3 +31,7 @@ def tiny_config_dict(output: Path, days: float = 2.0, members: int = 1, chunk_da
 
 def tiny_config(output: Path, **kw) -> ExperimentConfig:
     return ExperimentConfig.model_validate(tiny_config_dict(output, **kw))
+
+
+# a prior small enough to train in a second on the 2-day test nature run (mechanics, not skill)
+TEST_PRIOR = PriorSettings(epochs=2, batch_size=2, width=8, blocks=1, levels=1, leads=(6,), warmup_steps=1)

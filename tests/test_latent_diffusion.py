@@ -14,34 +14,19 @@ from align_da_ops.diffusion import checkpoint as prior_io
 from align_da_ops.diffusion.training import PriorSettings, forecast_pairs, train_prior
 from align_da_ops.errors import CheckpointError
 from align_da_ops.forecast.base import Persistence
-from align_da_ops.forecast.checkpoint import load_model, shipped_checkpoint
-from align_da_ops.latent.checkpoint import load_autoencoder
-from align_da_ops.latent.training import AutoencoderSettings, train_autoencoder
 from align_da_ops.obs.batch import ObsBatch
 from align_da_ops.obs.operators import GridInterpolator
 from align_da_ops.replay import replay
 from align_da_ops.times import CycleTime
 from align_da_ops.wiring import build_context
 
+from factories import TEST_PRIOR as PRIOR
 from factories import tiny_config, tiny_config_dict
-
-PRIOR = PriorSettings(epochs=2, batch_size=2, width=8, blocks=1, levels=1, leads=(6,), warmup_steps=1)
 
 
 @pytest.fixture(scope="module")
-def models(tiny_nature_run, tmp_path_factory):
-    """A 1-epoch autoencoder and a 2-epoch prior on the 2-day nature run (mechanics, not skill)."""
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("latent")
-    cfg = tiny_config(tiny_nature_run)
-    ae_path = root / "autoencoder.pt"
-    train_autoencoder(cfg, ae_path, AutoencoderSettings(epochs=1, latent_channels=8, width=8, blocks=1))
-    layout = layout_of(cfg)
-    ae = load_autoencoder(ae_path, layout.channels, 32, 64)
-    forecast = load_model(shipped_checkpoint("tiny"), layout.channels, 32, 64)
-    prior_path = root / "prior.pt"
-    train_prior(cfg, prior_path, ae, forecast, PRIOR)
-    return cfg, root, ae, forecast, prior_path
+def models(latent_models):
+    return latent_models
 
 
 def test_forecast_pairs_are_forecasts_valid_with_their_truths():
