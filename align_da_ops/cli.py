@@ -31,6 +31,9 @@ from align_da_ops.forecast.commands import bench_forecast, train_forecast  # noq
 
 train_app.command("forecast")(train_forecast)
 bench_app.command("forecast")(bench_forecast)
+from align_da_ops.latent.commands import train_autoencoder  # noqa: E402  (light, like forecast.commands)
+
+train_app.command("autoencoder")(train_autoencoder)
 out = Console(width=None if sys.stdout.isatty() else 140)
 
 
