@@ -38,6 +38,10 @@ bench_app.command("sampler")(bench_sampler)
 from align_da_ops.latent.commands import train_autoencoder  # noqa: E402  (light, like forecast.commands)
 
 train_app.command("autoencoder")(train_autoencoder)
+from align_da_ops.align.commands import align_command, bench_alignment  # noqa: E402  (light, like obs.cli)
+
+app.command("align")(align_command)
+bench_app.command("alignment")(bench_alignment)
 out = Console(width=None if sys.stdout.isatty() else 140)
 
 
@@ -415,6 +419,28 @@ def bench_cycling(
     for run, s in stages.items():
         table.add_row(run, *[f"{s.get(k, 0):.3f}" for k in names], f"{sum(s.values()):.3f}")
     out.print(table)
+
+
+@app.command("pipeline")
+def pipeline(
+    config: Path = typer.Argument(Path("config/tiny.yaml"), help="Experiment config (an OSSE)."),
+    workdir: Optional[Path] = typer.Option(None, help="Where every product goes (default data/<name>/chain)."),
+    quick: bool = typer.Option(False, help="Seconds-long trainings (a smoke run of the mechanics, not skilful models)."),
+    threads: int = typer.Option(0, help="torch CPU threads (0: torch's choice)."),
+):
+    """The whole chain: nature run -> forecast model -> autoencoder -> prior -> preferences -> DPO -> cycling."""
+    import torch
+
+    from align_da_ops.config import load_config
+    from align_da_ops.pipeline import ChainSettings, run_chain
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = load_config(config)
+    result = run_chain(config, cfg, workdir or Path("data") / cfg.name / "chain",
+                       ChainSettings.quick() if quick else ChainSettings(), quick=quick, say=lambda m: out.print(f"[bold]{m}[/bold]"))
+    _print_scores({"align-dps-m (chain)": result["scores"]}, (24, 48))
+    out.print(f"products in {result['paths']['archive'].parent}; campaign {result['campaign']}")
 
 
 def _print_mapping(title: str, mapping: dict) -> None:

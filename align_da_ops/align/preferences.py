@@ -12,7 +12,10 @@ For each case (a background x_b with its truth x_t and the truth 48 h later):
      all three of accuracy, forecast and Geo-Score win, those in the bottom
      decile on all three lose. An intersection of three deciles of 32 is often
      empty, so the quantile is widened in steps of 0.05 (up to 0.5) until each
-     side holds at least `min_side` candidates; the quantile used is recorded;
+     side holds at least `min_side` candidates; the quantile used is recorded.
+     If even the top/bottom halves share no `min_side` candidates, the case falls
+     back to the mean rank over the three rewards (its top/bottom `quantile`,
+     at least `min_side`), counted as `composite_fallback`;
 4. stratified random pairing: winners and losers are shuffled and paired
    round-robin, so each appears once or twice and none dominates; pairs are
    de-duplicated by a hash of their latents.
@@ -62,8 +65,8 @@ class PreferenceSettings:
     def __post_init__(self):
         if self.variant not in ("m", "p"):
             raise ValueError(f"variant must be 'm' (multi-reward) or 'p' (physics); got {self.variant!r}")
-        if self.samples < 4 or self.top_k * 2 > self.samples:
-            raise ValueError(f"need samples >= 4 and 2*top_k <= samples; got {self.samples}, {self.top_k}")
+        if self.samples < 4 or (self.variant == "p" and self.top_k * 2 > self.samples):
+            raise ValueError(f"need samples >= 4 (and 2*top_k <= samples for -P); got {self.samples}, {self.top_k}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +93,10 @@ def select(rewards: dict[str, torch.Tensor], settings: PreferenceSettings) -> tu
         if len(winners) >= settings.min_side and len(losers) >= settings.min_side:
             return winners, losers, q
         q += 0.05
-    return [], [], float("nan")
+    composite = ranks.float().mean(0)
+    k = max(settings.min_side, int(round(settings.quantile * n)))
+    order = torch.argsort(composite, descending=True, stable=True).tolist()
+    return order[:k], order[-k:], float("nan")
 
 
 def pair_up(winners: list[int], losers: list[int], rng: np.random.Generator) -> list[tuple[int, int]]:
@@ -124,7 +130,7 @@ def build(
     rng = np.random.default_rng(settings.seed)
     out = {k: [] for k in ("z_winner", "z_loser", "z_background", "rewards_winner", "rewards_loser", "case_time")}
     seen: set[str] = set()
-    counts = {"cases": 0, "cases_without_pairs": 0, "duplicates": 0, "quantiles": []}
+    counts = {"cases": 0, "cases_without_pairs": 0, "composite_fallback": 0, "duplicates": 0, "quantiles": []}
     for case in cases:
         z, z_b, x, later = candidates(case, autoencoder, prior, forecast_model, settings)
         rewards = score_samples(x, case.truth, layout, latitudes, longitudes, forecasts=later, truth_forecast=case.truth_later)
@@ -133,6 +139,8 @@ def build(
         counts["cases"] += 1
         if not winners:
             counts["cases_without_pairs"] += 1
+        if q != q:
+            counts["composite_fallback"] += 1
         counts["quantiles"].append(q)
         for w, l in pair_up(winners, losers, rng):
             key = hashlib.sha256(z[w].numpy().tobytes() + z[l].numpy().tobytes()).hexdigest()
