@@ -51,7 +51,7 @@ def network_of(ckpt: dict, where: str = "") -> LatentUNet:
         arch = PriorArchitecture(**ckpt["architecture"])
     except TypeError as exc:
         raise CheckpointError(f"{where} has an unknown architecture {ckpt['architecture']}: {exc}") from None
-    net = LatentUNet(arch, np.asarray(ckpt["latent_latitudes"]))
+    net = LatentUNet(arch, np.asarray(ckpt["latent_latitudes"]), float(ckpt["schedule"]["eta"]))
     return checkpoint_io.load_weights(net, ckpt, where)
 
 

@@ -15,6 +15,18 @@ latent after one pooling, so we use the simpler, cheaper network; a DiT was
 not built or compared), sin/cos latitude of each latent row, and the diffusion
 time through a sinusoidal embedding that scales and shifts every residual
 block (FiLM). The output layer starts at zero.
+
+Preconditioning (Karras et al. 2022, EDM, with unit data variance): with the
+noise level s = sigma/mu, the network output F gives the clean estimate
+D = c_skip z_t/mu + c_out F (c_skip = 1/(1+s^2), c_out = s/sqrt(1+s^2), input
+scaled to unit variance by 1/sqrt(mu^2+sigma^2)) and the returned noise is
+eps = (z_t - mu D)/sigma. Near t = 1 (mu = eta = 1e-3) a plain eps-network's
+error is multiplied by sigma/mu = 1000 in Tweedie's estimate and in the first
+DDIM steps: on the tiny OSSE the sampled analyses diverged (normalised MSE
+3e4 against 0.32 for the background). Preconditioned, D stays a bounded
+network output at high noise and F is (minus) the noise at low noise. Training
+is still denoising score matching: `loss` is the squared error of F against
+its target, i.e. the eps-error weighted by 1 + s^2.
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from align_da_ops.diffusion.schedule import CosineSchedule
 from align_da_ops.forecast.network import SphereConv
 
 
@@ -78,9 +91,10 @@ class FiLMBlock(nn.Module):
 class LatentUNet(nn.Module):
     """eps_theta(z_t, t, z_b): (B, Cz, h, w), (B,), (B, Cz, h, w) -> (B, Cz, h, w)."""
 
-    def __init__(self, arch: PriorArchitecture, latent_latitudes: np.ndarray):
+    def __init__(self, arch: PriorArchitecture, latent_latitudes: np.ndarray, eta: float = 1e-3):
         super().__init__()
         self.arch = arch
+        self.schedule = CosineSchedule(eta)
         lat = torch.as_tensor(np.deg2rad(np.asarray(latent_latitudes, dtype=np.float64)), dtype=torch.float32)
         self.register_buffer("static", torch.stack([torch.sin(lat), torch.cos(lat)])[:, :, None], persistent=False)
         widths = [arch.width * 2**i for i in range(arch.levels + 1)]
@@ -97,7 +111,30 @@ class LatentUNet(nn.Module):
         nn.init.zeros_(self.project.weight)
         nn.init.zeros_(self.project.bias)
 
+    def _coefficients(self, t: torch.Tensor, like: torch.Tensor):
+        shape = (-1,) + (1,) * (like.dim() - 1)
+        t = t.expand(like.shape[0]).to(torch.float64)
+        mu, sigma = self.schedule.mu(t), self.schedule.sigma(t)
+        s2 = (sigma / mu) ** 2
+        c_skip, c_out = 1 / (1 + s2), (sigma / mu) / (1 + s2).sqrt()
+        c_in = 1 / (mu**2 + sigma**2).sqrt()
+        return [c.to(like.dtype).view(shape) for c in (mu, sigma, c_skip, c_out, c_in)]
+
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        mu, sigma, c_skip, c_out, c_in = self._coefficients(t, z_t)
+        clean = c_skip * z_t / mu + c_out * self.raw(c_in * z_t, t, cond)
+        return (z_t - mu * clean) / sigma
+
+    def loss(self, z0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Per-sample denoising score matching loss (B,): mean squared error of F against its target."""
+        mu, sigma, c_skip, c_out, c_in = self._coefficients(t, z0)
+        z_t = mu * z0 + sigma * eps
+        target = (z0 - c_skip * z_t / mu) / c_out
+        return (self.raw(c_in * z_t, t, cond) - target).pow(2).mean(dim=(1, 2, 3))
+
+    def raw(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The U-Net itself, F(c_in z_t, t, z_b)."""
+        z_t = x
         emb = self.embed(time_embedding(t.expand(z_t.shape[0]), self.arch.embedding))
         static = self.static.to(z_t.dtype).expand(z_t.shape[0], -1, -1, z_t.shape[-1])
         h = self.lift(torch.cat([z_t, cond.to(z_t.dtype), static], dim=1))

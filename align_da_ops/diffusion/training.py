@@ -8,7 +8,8 @@ forecast model's real error growth; mixing leads from 6 h to 3 days spans the
 background errors met while cycling with sparse observations (a cycled
 background is a 6-h forecast from an imperfect analysis).
 
-Loss: || eps_theta(mu(t) z + sigma(t) eps, t, z_b) - eps ||^2, t ~ U(0, 1), AdamW
+Loss: denoising score matching of the preconditioned network (`LatentUNet.loss`,
+the eps error weighted by 1 + sigma^2/mu^2), t ~ U(0, 1), AdamW
 with warm-up and cosine decay, gradient clipping, EMA of the weights (sampled
 with). Validation: the same loss on the validation split's pairs with fixed
 noise and times (comparable across epochs). Resumable: rerunning continues from
@@ -84,9 +85,8 @@ def latent_pairs(autoencoder, model, x: torch.Tensor, leads) -> tuple[torch.Tens
 
 
 def dsm_loss(net, schedule: CosineSchedule, z: torch.Tensor, cond: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """Mean squared error of the predicted noise (per sample: (B,))."""
-    pred = net(schedule.noise(z, t, eps), t, cond)
-    return (pred - eps).pow(2).mean(dim=(1, 2, 3))
+    """Per-sample (B,) denoising score matching loss of the preconditioned network (`LatentUNet.loss`)."""
+    return net.loss(z, t, eps, cond)
 
 
 @torch.no_grad()
@@ -145,8 +145,8 @@ def train_prior(
     arch = PriorArchitecture(z.shape[1], settings.width, settings.blocks, settings.levels)
     schedule = CosineSchedule(settings.eta)
     torch.manual_seed(settings.seed)
-    net = LatentUNet(arch, latent_latitudes(lat, factor)).to(device)
-    ema = LatentUNet(arch, latent_latitudes(lat, factor)).to(device)
+    net = LatentUNet(arch, latent_latitudes(lat, factor), settings.eta).to(device)
+    ema = LatentUNet(arch, latent_latitudes(lat, factor), settings.eta).to(device)
     ema.load_state_dict(net.state_dict())
     opt = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     meta = prior_meta(cfg, autoencoder, getattr(forecast_model, "content_hash", ""), latent_latitudes(lat, factor),
