@@ -108,14 +108,11 @@ def pair_up(winners: list[int], losers: list[int], rng: np.random.Generator) -> 
 
 
 def candidates(case: Case, autoencoder, prior, forecast_model, settings: PreferenceSettings):
-    """(latents (N, Cz, h, w), z_b (Cz, h, w), rewards dict of (N,)) for one case."""
-    device = autoencoder.device
+    """(residual latents (N, Cz, h, w), z_b (Cz, h, w), members, their 48-h forecasts) for one case."""
     stamp = int(case.time.astype("datetime64[h]").astype(np.int64))
     gens = [torch.Generator().manual_seed(settings.seed * 1_000_003 + stamp * 1009 + m) for m in range(settings.samples)]
+    z, z_b, x = prior.sample(autoencoder, case.background, Sampler(settings.steps), gens)
     with torch.no_grad():
-        z_b = autoencoder.encode(case.background.to(device, torch.float32)[None])
-        z = Sampler(settings.steps).sample(prior.denoiser(z_b), prior.schedule, z_b.shape[1:], gens, device)
-        x = autoencoder.decode(z)
         later = x
         for _ in range(settings.forecast_hours // 6):
             later = forecast_model.step(later)

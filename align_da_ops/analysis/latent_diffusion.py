@@ -2,12 +2,13 @@
 
 `LatentDiffusion.analyse(background, obs, operator, generators)`:
 1. z_b = E(x_b) with the autoencoder (physical units in, standardised latent out);
+   the prior models the standardised background error d = (z - z_b) / scale;
 2. the prior's denoiser conditioned on z_b is wrapped by the guidance mode
    (obs_free | repaint | dps, `diffusion/guidance.py`) with the cycle's
    observations, normalised by the state normalisation's channel std;
 3. the sampler draws one latent per generator (one generator per ensemble
    member, seeded by the engine from (campaign, cycle, member)), in one batch;
-4. members x_m = D(z_m) in physical units; the analysis is their mean.
+4. members x_m = D(z_b + scale d_m) in physical units; the analysis is their mean.
 Pure: no I/O. Any prior checkpoint (unaligned or aligned) is a drop-in
 replacement, as long as it models this autoencoder's latents.
 """
@@ -42,7 +43,7 @@ class LatentDiffusionConfig(BaseModel):
         default=1.0, ge=0,
         description="DPS: multiplier of the likelihood score (1 = Bayes). Repaint: blend weight of inserted observations (1 = replace).",
     )
-    gamma: float = Field(default=1.0, gt=0, description="DPS: variance of x0 given z_t, gamma sigma²/(mu²+sigma²) (normalised units).")
+    gamma: float = Field(default=1.0, gt=0, description="DPS: prior variance per latent behind the likelihood approximation (1: unconditional; the background-error variance in latent units is the Bayes choice).")
     clip: float = Field(default=1.0, gt=0, description="DPS: cap on the RMS of the guidance term per member (eps units).")
     min_obs_error: float = Field(default=0.05, gt=0, description="DPS: floor of the observation-error std (normalised units).")
     steps: int = Field(default=32, ge=1, le=4096, description="Sampler steps (paper: 128).")
@@ -75,13 +76,9 @@ class LatentDiffusion:
             generators = [generators]
         t0 = time.perf_counter()
         device = self.autoencoder.device
-        with torch.no_grad():
-            z_b = self.autoencoder.encode(background.to(device, torch.float32)[None])
         term = ObservationTerm.build(operator, obs.value, obs.error, self.channel_std, self.config.min_obs_error, device)
-        denoiser = self.guidance.wrap(self.prior.denoiser(z_b), self.prior.schedule, self.autoencoder, term)
-        z = self.sampler.sample(denoiser, self.prior.schedule, z_b.shape[1:], generators, device)
-        with torch.no_grad():
-            members = self.autoencoder.decode(z).to(background.dtype)
+        _, _, members = self.prior.sample(self.autoencoder, background, self.sampler, generators, self.guidance, term)
+        members = members.to(background.device, background.dtype)
         mean = members.mean(0)
         diagnostics = {
             "n_obs": float(len(obs)),

@@ -3,6 +3,8 @@
 Metadata (all hashed): config (experiment JSON), config_hash, architecture
 (PriorArchitecture), latent_shape (Cz, h, w), latent_latitudes, schedule {eta},
 autoencoder (content hash of the autoencoder whose latents it models),
+residual_scale (per latent channel: the prior models d = (z - z_b) / scale, the
+background's latent error, standardised),
 forecast_model (hash of the model that made its training backgrounds), leads
 (background leads in hours), lineage {kind: dsm | dpo | ipo, reference: hash of
 the prior it was aligned from ('' for dsm), preference_data: hash of the pairs
@@ -27,7 +29,7 @@ FORMAT = "align-da-ops/latent-prior/1"
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 META_KEYS = (
     "format", "config", "config_hash", "architecture", "latent_shape", "latent_latitudes", "schedule",
-    "autoencoder", "forecast_model", "leads", "lineage",
+    "autoencoder", "forecast_model", "leads", "lineage", "residual_scale",
 )
 
 
@@ -55,17 +57,50 @@ def network_of(ckpt: dict, where: str = "") -> LatentUNet:
     return checkpoint_io.load_weights(net, ckpt, where)
 
 
+class ResidualCodec:
+    """Physical state <-> standardised residual latent d = (E(x) - z_b) / scale (a guidance `Codec`)."""
+
+    def __init__(self, autoencoder, z_background: torch.Tensor, scale: torch.Tensor):
+        self.autoencoder, self.z_b, self.scale = autoencoder, z_background, scale
+
+    def encode(self, x):
+        return (self.autoencoder.encode(x) - self.z_b) / self.scale
+
+    def decode(self, d):
+        return self.autoencoder.decode(self.z_b + self.scale * d)
+
+
 class LatentPrior:
-    """p(z | z_b): the EMA network of a checkpoint plus its schedule; `denoiser(z_b)` binds a background."""
+    """p(z | z_b) as p(d | z_b), d = (z - z_b) / scale: the EMA network of a checkpoint plus its schedule."""
 
     def __init__(self, net: LatentUNet, schedule: CosineSchedule, meta: dict):
         self.net = net.eval().requires_grad_(False)
         self.schedule = schedule
         self.meta = meta
         self.content_hash = meta["content_hash"]
+        self.scale = torch.as_tensor(meta.get("residual_scale") or [1.0], dtype=torch.float32)[:, None, None]
 
     def denoiser(self, z_background: torch.Tensor) -> Conditioned:
         return Conditioned(self.net, z_background)
+
+    def codec(self, autoencoder, z_background: torch.Tensor) -> ResidualCodec:
+        return ResidualCodec(autoencoder, z_background, self.scale.to(z_background.device))
+
+    def sample(self, autoencoder, background: torch.Tensor, sampler, generators, guidance=None, obs=None):
+        """(residual latents (N, Cz, h, w), z_b (1, Cz, h, w), members (N, C, lat, lon) physical) for one background.
+
+        `guidance` (with its `obs`: an ObservationTerm) wraps the prior denoiser; None: unguided."""
+        device = autoencoder.device
+        with torch.no_grad():
+            z_b = autoencoder.encode(background.to(device, torch.float32)[None])
+        codec = self.codec(autoencoder, z_b)
+        denoiser = self.denoiser(z_b)
+        if guidance is not None:
+            denoiser = guidance.wrap(denoiser, self.schedule, codec, obs)
+        d = sampler.sample(denoiser, self.schedule, z_b.shape[1:], generators, device)
+        with torch.no_grad():
+            members = codec.decode(d)
+        return d, z_b, members
 
     def to(self, device) -> "LatentPrior":
         self.net.to(device)

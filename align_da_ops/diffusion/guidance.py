@@ -17,11 +17,14 @@ returns the prior denoiser itself (so it equals ObsFree exactly).
   assumption), smaller values blend.
 - `DPS`: diffusion posterior sampling through the decoder with the real
   observation operator H (off-grid stations, any level):
-  log p(y | z_t) ~ -1/2 sum_i r_i^2 / (s_oi^2 + gamma sigma^2 / (mu^2 + sigma^2)),
+  log p(y | z_t) ~ -1/2 sum_i r_i^2 / (s_oi^2 + gamma sigma^2 / (sigma^2 + gamma mu^2)),
   r_i = (y_i - H(D(z0_hat(z_t))))_i / scale_i, all in normalised units (scale_i:
   the channel std of observation i), s_oi = max(error_i / scale_i, min_error).
-  The variance term is SDA's: the spread of x0 given z_t, exact for a
-  unit-variance Gaussian prior with gamma = 1. The guided noise is
+  The variance term is the spread of z0 given z_t under a Gaussian prior of
+  variance gamma per latent (SDA's form for gamma = 1, the unconditional latent
+  variance); with a background-conditioned prior the right gamma is the
+  background-error variance in latent units (~0.3 for 48-h forecasts on the tiny
+  OSSE), smaller values trust the background more. The guided noise is
   eps' = eps - strength * sigma * grad_{z_t} log p(y | z_t); strength 1 is Bayes'
   rule, larger values pull harder towards the observations. The variance term
   assumes the decoder neither stretches nor shrinks much (normalised latents to
@@ -29,8 +32,8 @@ returns the prior denoiser itself (so it equals ObsFree exactly).
   guidance term is capped per member at an RMS of `clip` (in units of eps,
   whose RMS is ~1): a trust region that leaves well-posed steps untouched.
   The gradient reaches z_t through the decoder and, by default, through the
-  Jacobian of Tweedie's estimate of a unit-variance Gaussian prior,
-  d z0_hat / d z_t = mu / (mu^2 + sigma^2) (exact for that prior; no
+  Jacobian of Tweedie's estimate under that Gaussian prior,
+  d z0_hat / d z_t = gamma mu / (sigma^2 + gamma mu^2) (exact for it; no
   back-propagation through the prior network, and no 1/mu amplification of the
   network's errors at high noise, which made the full version diverge on
   learned priors with few steps). `through_denoiser=True` back-propagates
@@ -158,11 +161,11 @@ class DPS:
                     z0 = ((z_t - sigma * eps) / mu).requires_grad_(True)
                 x0 = codec.decode(z0)
                 residual = (obs.value.to(x0.dtype) - obs.operator(x0)) / obs.scale.to(x0.dtype)
-                variance = obs.error.to(x0.dtype) ** 2 + self.gamma * sigma**2 / (mu**2 + sigma**2)
+                variance = obs.error.to(x0.dtype) ** 2 + self.gamma * sigma**2 / (sigma**2 + self.gamma * mu**2)
                 log_likelihood = -0.5 * (residual**2 / variance).sum()
                 (grad,) = torch.autograd.grad(log_likelihood, z if self.through_denoiser else z0)
             if not self.through_denoiser:
-                grad = grad * mu / (mu**2 + sigma**2)  # d z0_hat / d z_t of a unit-variance Gaussian prior
+                grad = grad * self.gamma * mu / (sigma**2 + self.gamma * mu**2)  # d z0_hat / d z_t, Gaussian prior
             step = self.strength * sigma * grad
             rms = step.pow(2).mean(dim=tuple(range(1, step.dim())), keepdim=True).sqrt()
             return eps.detach() - step * (self.clip / rms.clamp_min(1e-30)).clamp(max=1.0)
