@@ -258,3 +258,15 @@ def test_cycle_provenance_records_the_forecast_checkpoint_hash(tiny_nature_run, 
     }
     ctx = build_context(CampaignConfig.model_validate(raw), tiny_config(tiny_nature_run))
     assert ctx.provenance["checkpoints"]["forecast_model"] == ctx.model.content_hash != ""
+
+
+def test_small_perturbation_has_the_requested_size_and_is_seeded():
+    from align_da_ops.forecast.benchmark import small_perturbation
+
+    series = torch.randn(50, 3, 8, 16, generator=torch.Generator().manual_seed(0)).cumsum(0)
+    start = series[:4]
+    d = small_perturbation(series, 0.1, seed=1)(start) - start
+    std = (series[1:] - series[:-1]).movedim(1, 0).reshape(3, -1).std(1)
+    ratio = d.movedim(1, 0).reshape(3, -1).std(1) / std
+    assert torch.allclose(ratio, torch.full((3,), 0.1), rtol=0.15)
+    assert torch.equal(small_perturbation(series, 0.1, seed=1)(start), start + d)

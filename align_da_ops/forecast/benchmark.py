@@ -4,7 +4,8 @@ Scores: latitude-weighted RMSE (`verify.wrmse`, physical units) of z500, t850,
 u500, v500 at each lead, averaged over start times every `every_hours` in the
 test split (a start is used when its longest lead is still in the split).
 References: persistence, climatology (the training-split time mean; the same
-field at every lead) and the dynamical core started from the truth (the
+field at every lead) and the dynamical core started from the truth plus a
+small perturbation (Gaussian, 0.1 x each channel's 6-h increment std: the
 perfect-model reference, up to the pressure/sigma round trip). All forecasts
 are rollouts of `step` (`forecast.base.rollout`), batched over the starts.
 Stability: a 10-day rollout from the first test state must stay finite and
@@ -49,15 +50,29 @@ def starts_for(n_times: int, leads: Sequence[int], every_hours: int) -> list[int
     return list(range(0, n_times - max(leads) // 6, every_hours // 6))
 
 
+def small_perturbation(series: torch.Tensor, amplitude: float = 0.1, seed: int = 0):
+    """start -> start + Gaussian noise of `amplitude` x each channel's 6-h increment std (seeded, per call order)."""
+    std = (series[1:] - series[:-1]).movedim(1, 0).reshape(series.shape[1], -1).std(1)[:, None, None]
+    generator = torch.Generator().manual_seed(seed)
+
+    def perturb(start: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn(start.shape, generator=generator, dtype=torch.float64)
+        return start + (amplitude * std * noise).to(start.dtype)
+
+    return perturb
+
+
 def forecast_scores(
-    model: ForecastModel, series: torch.Tensor, starts: Sequence[int], layout, lat, leads=LEADS, batch: int = 16
+    model: ForecastModel, series: torch.Tensor, starts: Sequence[int], layout, lat, leads=LEADS, batch: int = 16,
+    perturb=None,
 ) -> dict[int, dict[str, float]]:
-    """{lead: {"z500": mean WRMSE, ...}} of `model` started from series[starts] against series."""
+    """{lead: {"z500": mean WRMSE, ...}} of `model` started from series[starts] (perturbed by `perturb`) against series."""
     chans = {f"{grid.VARIABLES[v].short}{p}": layout.channel_index(v, p) for v, p in HEADLINE}
     sums = {lead: {k: 0.0 for k in chans} for lead in leads}
     for i in range(0, len(starts), batch):
         idx = list(starts[i : i + batch])
-        out = rollout(model, series[idx], list(leads))
+        start = series[idx] if perturb is None else perturb(series[idx])
+        out = rollout(model, start, list(leads))
         for lead in leads:
             score = wrmse(out[lead].cpu(), series[[j + lead // 6 for j in idx]], lat)
             for k, c in chans.items():
@@ -128,11 +143,15 @@ def losses_to(scores: dict, model: str = "neural", references=("persistence", "c
             for lead, row in scores[model].items() for var, value in row.items() if not value < scores[ref][lead][var]]
 
 
-def bench(models: Mapping[str, ForecastModel], states, layout, period, every_hours: int = 12, leads=LEADS) -> dict:
-    """Scores of every model on the split `period`; {name: {lead: {var: wrmse}}}."""
+def bench(models: Mapping[str, ForecastModel], states, layout, period, every_hours: int = 12, leads=LEADS,
+          perturbed: Sequence[str] = (), amplitude: float = 0.1) -> dict:
+    """Scores of every model on the split `period`; {name: {lead: {var: wrmse}}}. Models named in `perturbed`
+    start from the truth plus a small perturbation (`small_perturbation`, the perfect-model reference)."""
     series = load_split(states, layout, period)
     lat = states[grid.LAT].values
     starts = starts_for(series.shape[0], leads, every_hours)
     if not starts:
         raise ValueError(f"the split holds {series.shape[0]} states: too short for a {max(leads)} h forecast")
-    return {name: forecast_scores(m, series, starts, layout, lat, leads) for name, m in models.items()}
+    return {name: forecast_scores(m, series, starts, layout, lat, leads,
+                                  perturb=small_perturbation(series, amplitude) if name in perturbed else None)
+            for name, m in models.items()}
