@@ -44,3 +44,25 @@ def test_nature_run_on_cuda(cuda, tmp_path):
     ds = nr.open_nature_run(store)
     assert ds.sizes["member"] == 4
     assert check_report(climate_report(ds)) == []
+
+
+def test_latent_diffusion_analysis_on_cuda_matches_cpu(cuda):
+    """The packaged tiny autoencoder + prior, DPS with a 1 % mask: CUDA and CPU members agree."""
+    from align_da_ops.diffusion.benchmark import random_mask_term
+    from align_da_ops.diffusion.checkpoint import load_prior, shipped_prior
+    from align_da_ops.diffusion.guidance import DPS
+    from align_da_ops.diffusion.samplers import Sampler
+    from align_da_ops.latent.checkpoint import load_autoencoder, shipped_checkpoint
+
+    ae_cpu = load_autoencoder(shipped_checkpoint("tiny"))
+    with torch.no_grad():
+        background = ae_cpu.decode(torch.zeros(1, *ae_cpu.latent_shape(32, 64)))[0]
+    results = []
+    for device in ("cpu", cuda):
+        ae = load_autoencoder(shipped_checkpoint("tiny"), device=device)
+        prior = load_prior(shipped_prior("tiny"), ae.content_hash, device)
+        term = random_mask_term(background.to(device), ae.normalization.std)
+        gens = [torch.Generator().manual_seed(m) for m in range(2)]
+        results.append(prior.sample(ae, background.to(device), Sampler(8), gens, DPS(), term)[2].cpu())
+    scale = torch.as_tensor(np.asarray(ae_cpu.normalization.std), dtype=torch.float32)[:, None, None]
+    assert float(((results[0] - results[1]) / scale).abs().max()) < 1e-2
