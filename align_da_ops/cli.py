@@ -240,7 +240,7 @@ def _print_scores(tables: dict, leads) -> None:
     from align_da_ops.evaluation import HEADLINE, drift, headline
 
     table = Table(title="mean WRMSE against truth (z500 m²/s², t850 K, u/v500 m/s)")
-    for col in ("run", "lead", *[f"{v[:1]}{p}" for v, p in HEADLINE], "mse_norm", "acc z500", "drift z500"):
+    for col in ("run", "lead", *[f"{v[:1]}{p}" for v, p in HEADLINE], "mse_norm", "mae_norm", "acc z500", "drift z500"):
         table.add_column(col)
     for name, scores in tables.items():
         present = set(scores.index.get_level_values("lead"))
@@ -254,6 +254,7 @@ def _print_scores(tables: dict, leads) -> None:
             d = drift(scores, lead).get("geopotential_500", float("nan"))
             table.add_row(name, "analysis" if lead == 0 else f"+{lead} h", *[f"{x:.3g}" for x in h.values()],
                           f"{sel['mse_normalized'].mean():.4f}" if "mse_normalized" in sel else "",
+                          f"{sel['mae_normalized'].mean():.4f}" if "mae_normalized" in sel else "",
                           f"{sel['acc_geopotential_500'].mean():.3f}" if "acc_geopotential_500" in sel else "", f"{d:.2f}")
     out.print(table)
 
