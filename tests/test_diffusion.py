@@ -131,3 +131,15 @@ def test_observation_term_normalises_by_channel_std():
     term = ObservationTerm.build(op, [1.0, 2.0], [5.0, 0.001], [10.0, 100.0], min_error=0.01)
     assert term.scale.tolist() == [10.0, 100.0]
     assert term.error.tolist() == pytest.approx([0.5, 0.01])
+
+
+def test_the_central_trajectory_is_the_kalman_posterior_mean():
+    p = prior()
+    points, y, r = [3, 10, 17, 30], torch.tensor([1.5, -2.0, 0.5, 3.0]), 0.5
+    guided = DPS().wrap(p, SCHEDULE, IdentityCodec(), observations(points, y, r))
+    z = Sampler(steps=128).sample(guided, SCHEDULE, SHAPE, [None]).flatten()
+    post_var = 1 / (1 / 1.0 + 1 / r**2)
+    post_mean = post_var * (p.mean.flatten()[points] + y / r**2)
+    assert torch.allclose(z[points], post_mean, atol=0.02)
+    others = [i for i in range(32) if i not in points]
+    assert torch.allclose(z[others], p.mean.flatten()[others], atol=0.02)

@@ -13,7 +13,10 @@ Network evaluations: steps * (1 + corrections) + 1. The paper's sampler is
 `PAPER` (128 steps, 2 corrections); `FAST` is a few deterministic DDIM steps.
 
 Ensembles: one torch.Generator per member; member m's noise is drawn from its
-own generator only, so a member is reproducible whatever the ensemble size.
+own generator only, so a member is reproducible whatever the ensemble size. A
+None generator makes the *central* trajectory (all noise zero): with the
+deterministic predictor it is the probability-flow image of the noise mean,
+which for a Gaussian posterior is exactly its mean.
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ from align_da_ops.diffusion.network import Denoiser
 from align_da_ops.diffusion.schedule import CosineSchedule
 
 
-def member_noise(shape: Sequence[int], generators: Sequence[torch.Generator], device, dtype) -> torch.Tensor:
-    """Standard normal (len(generators), *shape): member m drawn from generators[m] (on CPU, then moved)."""
-    draws = [torch.randn(tuple(shape), generator=g, dtype=torch.float32) for g in generators]
+def member_noise(shape: Sequence[int], generators: Sequence[torch.Generator | None], device, dtype) -> torch.Tensor:
+    """Standard normal (len(generators), *shape): member m drawn from generators[m] (on CPU, then moved);
+    a None generator gives zeros (the central trajectory)."""
+    draws = [torch.zeros(tuple(shape)) if g is None else torch.randn(tuple(shape), generator=g, dtype=torch.float32)
+             for g in generators]
     return torch.stack(draws).to(device=device, dtype=dtype)
 
 
