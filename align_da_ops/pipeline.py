@@ -26,7 +26,8 @@ class ChainSettings:
     forecast_epochs: int = 22
     autoencoder_epochs: int = 60
     prior_epochs: int = 150
-    align_steps: int = 500
+    align_loss: str = "ipo"  # the packaged tiny priors: IPO, 150 steps (DPO 500 steps overfit 189 pairs)
+    align_steps: int = 150
     align_lr: float = 1e-5
     align_beta: float = 8000.0
     samples: int = 32
@@ -37,7 +38,7 @@ class ChainSettings:
 
     @classmethod
     def quick(cls) -> "ChainSettings":
-        return cls(forecast_epochs=1, autoencoder_epochs=1, prior_epochs=2, align_steps=3, align_lr=1e-4, align_beta=50.0,
+        return cls(forecast_epochs=1, autoencoder_epochs=1, prior_epochs=2, align_loss="dpo", align_steps=3, align_lr=1e-4, align_beta=50.0,
                    samples=8, every_hours=6, cycling_days=0.5, members=2, steps=3)
 
 
@@ -98,8 +99,8 @@ def run_chain(config_path: Path, cfg: ExperimentConfig, workdir: Path, settings:
         built = prefs.build(cases, ae, prior, model, layout, states[grid.LAT].values, states[grid.LON].values, pset)
         prefs.write_pairs(paths["pairs"], built, pset, {"prior": prior.content_hash, "autoencoder": ae.content_hash,
                                                         "forecast_model": model.content_hash, "source": "nature run train split"})
-    say("6/7 alignment (Diffusion-DPO)")
-    aset = AlignSettings(beta=settings.align_beta, lr=settings.align_lr, steps=settings.align_steps,
+    say(f"6/7 alignment ({settings.align_loss.upper()})")
+    aset = AlignSettings(loss=settings.align_loss, beta=settings.align_beta, lr=settings.align_lr, steps=settings.align_steps,
                          batch_size=4 if quick else 32, checkpoint_every=100)
     align(paths["prior"], prefs.read_pairs(paths["pairs"]), paths["aligned"], aset, device)
     say("7/7 cycling with the aligned prior (DPS, 1 % random mask)")
