@@ -31,7 +31,7 @@ class ChainSettings:
     align_lr: float = 1e-5
     align_beta: float = 8000.0
     samples: int = 32
-    every_hours: int = 6
+    every_hours: int = 12
     cycling_days: float | None = None  # None: the validation + test splits
     members: int = 4
     steps: int = 32
