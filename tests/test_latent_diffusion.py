@@ -141,3 +141,13 @@ def test_latent_diffusion_cycles_in_the_engine(models, tmp_path):
     assert set(prov["checkpoints"]) == {"autoencoder", "prior", "forecast_model"}
     assert len(set(prov["member_seeds"])) == 3
     assert prov["diagnostics"]["members"] == 3.0
+
+
+def test_observation_increment_without_observations_returns_the_background(models):
+    interp, background, obs = _world(models)
+    empty = obs.select([])
+    method = _method(models, guidance="dps", increment="observation")
+    result = method.analyse(background, empty, interp.prepare(empty), _generators(2))
+    torch.testing.assert_close(result.analysis, background, rtol=1e-6, atol=1e-3)
+    with_obs = method.analyse(background, obs, interp.prepare(obs), _generators(2))
+    assert not torch.allclose(with_obs.analysis, background, atol=1e-3)

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-out = Console(width=None if sys.stdout.isatty() else 160)
+out = Console(width=None if sys.stdout.isatty() else 240)
 
 
 def default_pairs(experiment_name: str, variant: str) -> Path:
