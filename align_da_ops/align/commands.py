@@ -130,6 +130,7 @@ def bench_alignment(
     every_hours: int = typer.Option(24, help="Hours between cases in the test split."),
     lead_hours: int = typer.Option(48, help="Background lead (paper: 48 h)."),
     threedvar: bool = typer.Option(True, help="Add the 3D-Var and background rows."),
+    increment: str = typer.Option("observation", help="Analysis increment (observation, background or none; see analysis/latent_diffusion.py)."),
     estimate: str = typer.Option("mean", help="Analysis = mean of the sampled members (mean; varies with the seed) or the central trajectory (central)."),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch's choice)."),
 ):
@@ -175,13 +176,13 @@ def bench_alignment(
                                                 the_cases, [0], model, layout, norm, lat, lon, interp, on_case=tick)
         for mode in modes:
             for name, prior in loaded.items():
-                ld = LatentDiffusionConfig(guidance=mode, steps=steps, members=members, estimate=estimate)
+                ld = LatentDiffusionConfig(guidance=mode, steps=steps, members=members, estimate=estimate, increment=increment)
                 factory = lambda ld=ld, prior=prior: LatentDiffusion(ld, ae, prior, ae.normalization.std)  # noqa: E731
                 rows[f"{mode} {name}"] = benchmark.evaluate(factory, the_cases, range(seeds), model, layout, norm, lat, lon,
                                                             interp, members=members, on_case=tick)
     table = Table(title=f"held-out {test.start:%Y-%m-%d}..{test.end:%Y-%m-%d}: {len(the_cases)} cases (every {every_hours} h), "
                         f"{lead_hours}-h backgrounds, 1 % random mask noise-free; mean ± std over {seeds} seeds, "
-                        f"{members} member(s) ({estimate}), {steps} steps (z m²/s², t K, u/v m/s, geo x100)")
+                        f"{members} member(s) ({estimate}, {increment} increment), {steps} steps (z m²/s², t K, u/v m/s, geo x100)")
     for col in ("method", *benchmark.COLUMNS):
         table.add_column(col)
     for name, r in rows.items():
