@@ -58,7 +58,7 @@ def test_a_gradient_step_lowers_winners_error_relative_to_losers(kind):
             p -= 1e-3 * p.grad
     _, margin = preference_loss(model, reference, schedule, z_w, z_l, cond, t, eps, beta=100.0, kind=kind)
     # margin = -(Delta_w - Delta_l): the winners' denoising error fell relative to the losers'
-    assert float(margin.mean()) > 0
+    assert margin.mean().item() > 0
 
 
 def test_physics_variant_picks_top_and_bottom_by_geo_score():

@@ -107,7 +107,7 @@ def test_without_observations_every_guidance_equals_obs_free(models):
     interp, background, obs = _world(models)
     empty = obs.select([])
     op = interp.prepare(empty)
-    results = [_method(models, guidance=g).analyse(background, empty, op, _generators(2)).members
+    results = [_method(models, guidance=g, increment="none").analyse(background, empty, op, _generators(2)).members
                for g in ("obs_free", "repaint", "dps")]
     assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
 

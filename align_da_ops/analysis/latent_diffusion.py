@@ -67,7 +67,8 @@ class LatentDiffusionConfig(BaseModel):
     increment: Literal["background", "observation", "none"] = Field(
         default="observation",
         description="background: x_b + D(z) - D(z_b); observation: x_b + D(z) - D(z_free), z_free the prior's central "
-        "unguided trajectory (the increment is what the observations add); none: the decoded state D(z) (the paper's).",
+        "unguided trajectory (the increment is what the observations add; obs_free guidance falls back to background, "
+        "it would otherwise return x_b by construction); none: the decoded state D(z) (the paper's).",
     )
     members: int = Field(default=8, ge=1, le=1024, description="Ensemble members drawn per analysis (one batch).")
     store_members: bool = Field(default=True, description="Archive every member (the mean and the spread always are).")
