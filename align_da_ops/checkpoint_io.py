@@ -13,6 +13,7 @@ tampered file.
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import os
 from collections.abc import Sequence
@@ -102,3 +103,28 @@ def check_grid(ckpt: dict, channels=None, nlat=None, nlon=None, where: str = "")
     grid = (ckpt["grid"]["nlat"], ckpt["grid"]["nlon"])
     if (nlat is not None and nlat != grid[0]) or (nlon is not None and nlon != grid[1]):
         raise CheckpointError(f"{where} was trained on a {grid[0]}x{grid[1]} grid, the experiment has {nlat}x{nlon}")
+
+
+def check_architecture(ckpt: dict, architecture: dict | None, where: str = "") -> None:
+    """Raise CheckpointError if the checkpoint's recorded architecture is not `architecture` (None: no check)."""
+    if architecture is not None and dict(architecture) != dict(ckpt["architecture"]):
+        raise CheckpointError(f"{where} has architecture {ckpt['architecture']}, expected {architecture}")
+
+
+def check_resumable(ckpt: dict, config_hash: str, path: Path) -> None:
+    """Raise CheckpointError unless `ckpt` was trained with this config and still holds its training state."""
+    if ckpt["config_hash"] != config_hash:
+        raise CheckpointError(
+            f"checkpoint {path} was trained with config hash {ckpt['config_hash']}, this config is {config_hash}; "
+            "give another --output to start afresh"
+        )
+    if "training" not in ckpt:
+        raise CheckpointError(f"checkpoint {path} holds no training state (an exported copy); it cannot be resumed")
+
+
+def warmup_cosine(lr: float, warmup_steps: int, step: int, total: int) -> float:
+    """Learning rate at optimiser `step` of `total`: linear warm-up to `lr`, then cosine decay to 0."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total - warmup_steps)
+    return lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))

@@ -109,13 +109,6 @@ def validation_loss(net, schedule, z, cond, seed: int = 12345, batch: int = 64) 
     return total / len(z)
 
 
-def _lr(settings: PriorSettings, step: int, total: int) -> float:
-    if step < settings.warmup_steps:
-        return settings.lr * (step + 1) / settings.warmup_steps
-    progress = (step - settings.warmup_steps) / max(1, total - settings.warmup_steps)
-    return settings.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
 def prior_meta(cfg: ExperimentConfig, autoencoder, forecast_hash: str, lat_latent, latent_shape, settings, lineage) -> dict:
     return {
         "config": json.dumps(cfg.model_dump(mode="json"), sort_keys=True),
@@ -165,8 +158,7 @@ def train_prior(
         old = prior_io.read(output)
         if old["config_hash"] != meta["config_hash"] or old["autoencoder"] != meta["autoencoder"] or old["architecture"] != arch.to_dict():
             raise CheckpointError(f"{output} was trained with another config, autoencoder or architecture; give another --output")
-        if "training" not in old:
-            raise CheckpointError(f"checkpoint {output} holds no training state (an exported copy); it cannot be resumed")
+        checkpoint_io.check_resumable(old, meta["config_hash"], output)
         net.load_state_dict(old["training"]["weights"])
         ema.load_state_dict(old["state_dict"])
         opt.load_state_dict(old["training"]["optimizer"])
@@ -182,7 +174,7 @@ def train_prior(
         losses = []
         for i in range(per_epoch):
             for group in opt.param_groups:
-                group["lr"] = _lr(settings, epoch * per_epoch + i, total)
+                group["lr"] = checkpoint_io.warmup_cosine(settings.lr, settings.warmup_steps, epoch * per_epoch + i, total)
             idx = order[i * settings.batch_size : (i + 1) * settings.batch_size]
             t = torch.rand(len(idx), generator=g)
             eps = torch.randn((len(idx), *z.shape[1:]), generator=g)

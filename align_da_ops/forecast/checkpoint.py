@@ -81,8 +81,7 @@ def read(path: Path) -> dict:
 def check_compatible(ckpt: dict, channels=None, nlat=None, nlon=None, architecture: dict | None = None, where="") -> None:
     """Raise CheckpointError naming expected vs actual if the checkpoint does not fit."""
     checkpoint_io.check_grid(ckpt, channels, nlat, nlon, where)
-    if architecture is not None and dict(architecture) != dict(ckpt["architecture"]):
-        raise CheckpointError(f"{where} has architecture {ckpt['architecture']}, expected {architecture}")
+    checkpoint_io.check_architecture(ckpt, architecture, where)
 
 
 def network_of(ckpt: dict, where="") -> SphereUNet:

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from align_da_ops import grid
+from align_da_ops import checkpoint_io, grid
 from align_da_ops.config import ExperimentConfig, config_hash
 from align_da_ops.data.sources import layout_of, normalization_path, open_states, read_normalization
-from align_da_ops.errors import CheckpointError, SchemaError
+from align_da_ops.errors import SchemaError
 from align_da_ops.forecast import checkpoint as ckpt_io
 from align_da_ops.forecast.network import Architecture, SphereUNet
 
@@ -68,13 +68,6 @@ def increment_std(x_norm: torch.Tensor, floor: float = 1e-3) -> np.ndarray:
     """Per-channel std of 6-h increments of a normalised series (time, channel, lat, lon)."""
     d = (x_norm[1:] - x_norm[:-1]).movedim(1, 0).reshape(x_norm.shape[1], -1).double()
     return np.maximum(d.std(1, correction=0).numpy(), floor)
-
-
-def _lr(settings: TrainSettings, step: int, total: int) -> float:
-    if step < settings.warmup_steps:
-        return settings.lr * (step + 1) / settings.warmup_steps
-    progress = (step - settings.warmup_steps) / max(1, total - settings.warmup_steps)
-    return settings.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def rollout_loss(net: SphereUNet, window: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -124,7 +117,7 @@ def _epoch(net, opt, windows, weights, settings: TrainSettings, epoch: int, tota
     losses = []
     for i in range(per_epoch):
         for group in opt.param_groups:
-            group["lr"] = _lr(settings, epoch * per_epoch + i, total)
+            group["lr"] = checkpoint_io.warmup_cosine(settings.lr, settings.warmup_steps, epoch * per_epoch + i, total)
         batch = windows[order[i * settings.batch_size : (i + 1) * settings.batch_size]].to(device)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
             loss = rollout_loss(net, batch, weights)
@@ -141,13 +134,7 @@ def _epoch(net, opt, windows, weights, settings: TrainSettings, epoch: int, tota
 def _resume(output: Path, cfg: ExperimentConfig, layout, arch: Architecture):
     ckpt = ckpt_io.read(output)
     ckpt_io.check_compatible(ckpt, layout.channels, cfg.state.grid.nlat, cfg.state.grid.nlon, arch.to_dict(), where=f"checkpoint {output}")
-    if ckpt["config_hash"] != config_hash(cfg):
-        raise CheckpointError(
-            f"checkpoint {output} was trained with config hash {ckpt['config_hash']}, this config is {config_hash(cfg)}; "
-            "give another --output to start afresh"
-        )
-    if "training" not in ckpt:
-        raise CheckpointError(f"checkpoint {output} holds no training state (an exported copy); it cannot be resumed")
+    checkpoint_io.check_resumable(ckpt, config_hash(cfg), output)
     return ckpt
 
 

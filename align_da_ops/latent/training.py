@@ -45,10 +45,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from align_da_ops import grid
+from align_da_ops import checkpoint_io, grid
 from align_da_ops.config import ExperimentConfig, config_hash
 from align_da_ops.data.sources import layout_of, normalization_path, open_states, read_normalization
-from align_da_ops.errors import CheckpointError, ConfigError
+from align_da_ops.errors import ConfigError
 from align_da_ops.forecast.training import load_split
 from align_da_ops.latent import checkpoint as ckpt_io
 from align_da_ops.latent.autoencoder import AutoencoderArchitecture, SphereAutoencoder
@@ -76,13 +76,6 @@ class AutoencoderSettings:
             return AutoencoderArchitecture(channels, self.latent_channels, self.downsampling, self.width, self.blocks)
         except ValueError as exc:
             raise ConfigError(f"autoencoder settings: {exc}") from None
-
-
-def _lr(settings: AutoencoderSettings, step: int, total: int) -> float:
-    if step < settings.warmup_steps:
-        return settings.lr * (step + 1) / settings.warmup_steps
-    progress = (step - settings.warmup_steps) / max(1, total - settings.warmup_steps)
-    return settings.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def reconstruction_loss(net: SphereAutoencoder, x: torch.Tensor, weights: torch.Tensor, l1_weight: float = 0.0) -> torch.Tensor:
@@ -145,7 +138,7 @@ def _epoch(net, opt, x_train, weights, settings: AutoencoderSettings, epoch: int
     losses = []
     for i in range(per_epoch):
         for group in opt.param_groups:
-            group["lr"] = _lr(settings, epoch * per_epoch + i, total)
+            group["lr"] = checkpoint_io.warmup_cosine(settings.lr, settings.warmup_steps, epoch * per_epoch + i, total)
         idx = order[i * settings.batch_size : (i + 1) * settings.batch_size]
         batch = _roll(x_train[idx], shifts[idx]).to(device)
         loss = reconstruction_loss(net, batch, weights, settings.l1_weight)
@@ -163,13 +156,7 @@ def _resume(output: Path, cfg: ExperimentConfig, layout, arch: AutoencoderArchit
     ckpt = ckpt_io.read(output)
     ckpt_io.check_compatible(ckpt, layout.channels, cfg.state.grid.nlat, cfg.state.grid.nlon, arch.to_dict(),
                              where=f"checkpoint {output}")
-    if ckpt["config_hash"] != config_hash(cfg):
-        raise CheckpointError(
-            f"checkpoint {output} was trained with config hash {ckpt['config_hash']}, this config is {config_hash(cfg)}; "
-            "give another --output to start afresh"
-        )
-    if "training" not in ckpt:
-        raise CheckpointError(f"checkpoint {output} holds no training state (an exported copy); it cannot be resumed")
+    checkpoint_io.check_resumable(ckpt, config_hash(cfg), output)
     return ckpt
 
 
