@@ -22,7 +22,7 @@ from align_da_ops.diffusion.guidance import ObservationTerm, guidance_of
 from align_da_ops.diffusion.network import LatentUNet, PriorArchitecture, latent_latitudes
 from align_da_ops.diffusion.samplers import Sampler
 from align_da_ops.diffusion.schedule import CosineSchedule
-from align_da_ops.obs.operators import PreparedOperator
+from align_da_ops.obs.operators import GridInterpolator, PreparedOperator
 
 
 @dataclasses.dataclass
@@ -137,7 +137,7 @@ def quality_vs_evaluations(config: Path, samplers, mode: str = "dps", n_cases: i
     norm = read_normalization(normalization_path(cfg))
     test = cfg.splits.test
     cases = ab.cases(states, layout, model, test.start, test.end, 48, 48)[:n_cases]
-    interp = ab.GridInterpolator(layout, lat, lon)
+    interp = GridInterpolator(layout, lat, lon)
     rows = []
     for sampler in samplers:
         ld = LatentDiffusionConfig(guidance=mode, steps=sampler.steps, corrections=sampler.corrections,
