@@ -42,6 +42,9 @@ from align_da_ops.align.commands import align_command, bench_alignment  # noqa: 
 
 app.command("align")(align_command)
 bench_app.command("alignment")(bench_alignment)
+from align_da_ops.suite_commands import suite_app  # noqa: E402  (light, like obs.cli)
+
+app.add_typer(suite_app, name="suite")
 out = Console(width=None if sys.stdout.isatty() else 140)
 
 
@@ -226,21 +229,23 @@ def _truth_for(archive):
 
 
 def _truth_norm_climatology(experiment):
-    """Truth states, normalisation and the training-split climatology (the ACC reference) of an OSSE."""
+    """Truth states, normalisation and the training split's symmetric climatology (the ACC reference) of an OSSE."""
     from align_da_ops.data.sources import layout_of, open_states, read_normalization
-    from align_da_ops.evaluation import climatology_of
+    from align_da_ops.evaluation import acc_climatology
 
     truth = open_states(experiment)
     train = experiment.splits.train
-    climatology = climatology_of(truth, layout_of(experiment), train.start, train.end)
+    climatology = acc_climatology(truth, layout_of(experiment), train.start, train.end)
     return truth, read_normalization(experiment.nature_run.output), climatology
 
 
 def _print_scores(tables: dict, leads) -> None:
     from align_da_ops.evaluation import HEADLINE, drift, headline
 
-    table = Table(title="mean WRMSE against truth (z500 m²/s², t850 K, u/v500 m/s)")
-    for col in ("run", "lead", *[f"{v[:1]}{p}" for v, p in HEADLINE], "mse_norm", "mae_norm", "acc z500", "drift z500"):
+    table = Table(title="WRMSE against truth, sqrt of the mean weighted MSE over cycles (z500 m²/s², t850 K, u/v500 m/s); "
+                        "drift = last third / middle third of z500")
+    short = {"geopotential": "z", "temperature": "t", "u_component_of_wind": "u", "v_component_of_wind": "v"}
+    for col in ("run", "lead", *[f"{short[v]}{p}" for v, p in HEADLINE], "mse_norm", "mae_norm", "acc z500", "drift z500"):
         table.add_column(col)
     for name, scores in tables.items():
         present = set(scores.index.get_level_values("lead"))
@@ -394,24 +399,32 @@ def bench_nature_run(
 @bench_app.command("cycling")
 def bench_cycling(
     campaigns: list[Path] = typer.Argument(..., help="Campaign files; each is replayed first if not done."),
+    start: Optional[str] = typer.Option(None, help="First cycle run and scored (default: the campaign's start)."),
+    end: Optional[str] = typer.Option(None, help="Last cycle run and scored (default: the campaign's end)."),
 ):
-    """Per method: analysis and 48-h forecast WRMSE (z500, t850, u/v500) and seconds per cycle by stage."""
+    """Per campaign: analysis and 48-h forecast WRMSE (z500, t850, u/v500), seconds per cycle by stage.
+
+    One campaign, one seed, no confidence intervals: for method comparisons use `align-da suite run`.
+    """
     from align_da_ops import evaluation
     from align_da_ops.replay import replay
+    from align_da_ops.times import CycleTime
 
     tables, stages = {}, {}
     for path in campaigns:
         ctx = _context(path)
-        if ctx.campaign.last is None:
-            raise typer.BadParameter(f"{path} has no end")
-        replay(ctx, ctx.campaign.first, ctx.campaign.last)
         if ctx.experiment.data.kind != "nature_run":
             raise typer.BadParameter(f"{path}: bench cycling scores against the truth of an OSSE (data.kind nature_run)")
+        first = CycleTime.parse(start) if start else ctx.campaign.first
+        last = CycleTime.parse(end) if end else ctx.campaign.last
+        if last is None:
+            raise typer.BadParameter(f"{path} has no end; give --end")
+        replay(ctx, ctx.campaign.first if first > ctx.campaign.first else first, last)
         truth, norm, climatology = _truth_norm_climatology(ctx.experiment)
         tables[ctx.campaign.name] = evaluation.archive_scores(
-            ctx.archive, truth, ctx.campaign.name, norm=norm, climatology=climatology
+            ctx.archive, truth, ctx.campaign.name, norm=norm, climatology=climatology, start=first.value, end=last.value
         )
-        stages[ctx.campaign.name] = evaluation.stage_seconds(ctx.archive)
+        stages[ctx.campaign.name] = evaluation.stage_seconds(ctx.archive, first.value, last.value)
     _print_scores(tables, (48,))
     table = Table(title="seconds per cycle by stage (mean over cycles)")
     names = sorted({k for s in stages.values() for k in s})

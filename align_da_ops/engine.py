@@ -4,7 +4,8 @@ Idempotent and restartable: the archive is the source of truth. A done cycle is
 skipped (unless forced); the background of cycle t is the archived 6-h
 forecast of cycle t-6h (the first cycle cold-starts); nothing is written until
 the analysis has passed its checks; the archive writes data first and the
-done flag last. Deterministic on CPU: seeds derive from (campaign, cycle, member).
+done flag last. Deterministic on CPU: seeds derive from (experiment, campaign seed, cycle, member), never
+from the campaign's name, so campaigns that differ only in method are paired.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def run_cycle(ctx: CycleContext, cycle: CycleTime, force: bool = False) -> Cycle
     watch.lap("qc")
     used = obs.select(obs.passed)
     operator = ctx.interpolator.prepare(used, ctx.device)
-    seeds = [member_seed(ctx.campaign.name, ctx.campaign.seed, cycle, m) for m in range(getattr(ctx.method, "members", 1))]
+    seeds = [member_seed(ctx.experiment.name, ctx.campaign.seed, cycle, m) for m in range(getattr(ctx.method, "members", 1))]
     generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
     result = ctx.method.analyse(background, used, operator, generators)
     watch.lap("analysis")

@@ -20,48 +20,101 @@ from align_da_ops.times import CycleTime
 HEADLINE = (("geopotential", 500), ("temperature", 850), ("u_component_of_wind", 500), ("v_component_of_wind", 500))
 
 
-def _truth_at(truth: xr.Dataset, layout: grid.StateLayout, when: np.datetime64) -> torch.Tensor | None:
-    if when not in truth.indexes[grid.TIME]:
-        return None
-    return layout.to_tensor(truth.sel({grid.TIME: when}).load())[0]
+BALANCE_LEVELS = (250, 500, 850)
+
+
+def _stack(ds: xr.Dataset, layout: grid.StateLayout) -> torch.Tensor:
+    return layout.to_tensor(ds.load())[0]
 
 
 def archive_scores(
     archive: Archive, truth: xr.Dataset, method: str, norm: grid.Normalization | None = None,
-    climatology: torch.Tensor | None = None,
+    climatology: torch.Tensor | None = None, start=None, end=None, balance_levels=BALANCE_LEVELS,
 ) -> pd.DataFrame:
-    layout, lat = archive.layout, archive.lat
-    analysis = archive.open_product("analysis")
-    forecast = archive.open_product("forecast")
+    """Per-cycle scores of an archive's done cycles in [start, end] (default: all) against the truth.
+
+    Rows (cycle_time, lead, method); lead 0 h is the analysis, lead L the forecast from that cycle
+    (lead 6 h is the next cycle's background). Columns: `verify.state_scores` (wrmse_, bias_, acc_,
+    latitude-weighted mse/mae_normalized), `imbalance_<level>` and `imbalance_truth_<level>`
+    (`verify.imbalance_ratio`), and for archives that store members, at lead 0: crps_, spread_,
+    ensrmse_ (RMSE of the members' mean) per channel and n_members.
+    """
+    layout, lat, lon = archive.layout, archive.lat, archive.lon
+    cycles = [c for c in archive.done_cycles()
+              if (start is None or c.value >= _as_datetime(start)) and (end is None or c.value <= _as_datetime(end))]
+    if not cycles:
+        return verify.scores_table([])
+    times = np.asarray([c.as_numpy() for c in cycles])
+    have = truth.indexes[grid.TIME]
+    analysis = _stack(archive.open_product("analysis").sel({grid.TIME: times}), layout)
+    forecast = archive.open_product("forecast").sel({grid.TIME: times})
+    members = None
+    if archive.n_members:
+        members = _stack(archive.open_product("members").sel({grid.TIME: times}), layout)
+    levels = [p for p in balance_levels if p in layout.levels and "u_component_of_wind" in layout.upper_air
+              and "geopotential" in layout.upper_air]
     records = []
-    for cycle in archive.done_cycles():
-        t = cycle.as_numpy()
-        x_true = _truth_at(truth, layout, t)
-        if x_true is not None:
-            x_a = layout.to_tensor(analysis.sel({grid.TIME: t}).load())[0]
-            records.append({"cycle_time": t, "lead": 0, "method": method,
-                            **verify.state_scores(x_a, x_true, lat, layout.channels, norm=norm, climatology=climatology)})
-        for lead in archive.leads:
-            valid = t + np.timedelta64(lead, "h")
-            y_true = _truth_at(truth, layout, valid)
-            if y_true is None:
-                continue
-            x_f = layout.to_tensor(forecast.sel({grid.TIME: t, "lead": lead}).load())[0]
-            records.append({"cycle_time": t, "lead": lead, "method": method,
-                            **verify.state_scores(x_f, y_true, lat, layout.channels, norm=norm, climatology=climatology)})
+    for lead in (0, *archive.leads):
+        valid = times + np.timedelta64(lead, "h")
+        keep = np.asarray([v in have for v in valid])
+        if not keep.any():
+            continue
+        x = analysis[keep] if lead == 0 else _stack(forecast.sel(lead=lead).isel({grid.TIME: np.flatnonzero(keep)}), layout)
+        x_true = _stack(truth.sel({grid.TIME: valid[keep]}), layout)
+        imbalance = {p: verify.imbalance_ratio(x, layout, lat, lon, p) for p in levels}
+        imbalance_truth = {p: verify.imbalance_ratio(x_true, layout, lat, lon, p) for p in levels}
+        ens = members[keep] if members is not None and lead == 0 else None
+        for k, t in enumerate(times[keep]):
+            rec = {"cycle_time": t, "lead": lead, "method": method,
+                   **verify.state_scores(x[k], x_true[k], lat, layout.channels, norm=norm, climatology=climatology)}
+            for p in levels:
+                rec[f"imbalance_{p}"] = float(imbalance[p][k])
+                rec[f"imbalance_truth_{p}"] = float(imbalance_truth[p][k])
+            if ens is not None:
+                rec |= ensemble_scores(ens[k], x_true[k], lat, layout.channels)
+            records.append(rec)
     return verify.scores_table(records)
 
 
+RANK_HISTOGRAM_CHANNELS = ("geopotential_500", "temperature_850")
+
+
+def ensemble_scores(members: torch.Tensor, truth: torch.Tensor, lat, channels) -> dict[str, float]:
+    """crps_, spread_ and ensrmse_ per channel, n_members, and rankhist_<channel>_<k> (rank frequencies of the
+    truth, `RANK_HISTOGRAM_CHANNELS`) for one ensemble (N, C, lat, lon)."""
+    ss = verify.spread_skill(members, truth, lat, corrected=False)
+    out = verify.channel_scores("crps", verify.crps(members, truth, lat), channels)
+    out |= verify.channel_scores("spread", ss["spread"], channels)
+    out |= verify.channel_scores("ensrmse", ss["skill"], channels)
+    out["n_members"] = float(members.shape[0])
+    ranks = verify.rank_histogram(members, truth, lat)
+    for name in RANK_HISTOGRAM_CHANNELS:
+        if name in channels:
+            for k, f in enumerate(ranks[list(channels).index(name)].tolist()):
+                out[f"rankhist_{name}_{k}"] = f
+    return out
+
+
+def _as_datetime(value):
+    return pd.Timestamp(value).to_pydatetime()
+
+
 def climatology_of(truth: xr.Dataset, layout: grid.StateLayout, start, end) -> torch.Tensor:
-    """Time mean of the truth over [start, end] as a (channel, lat, lon) tensor (the ACC reference)."""
+    """Time mean of the truth over [start, end] per grid point, a (channel, lat, lon) tensor (a forecast baseline)."""
     mean = truth.sel({grid.TIME: slice(start, end)}).mean(grid.TIME).load()
     return layout.to_tensor(mean)[0]
 
 
+def acc_climatology(truth: xr.Dataset, layout: grid.StateLayout, start, end) -> torch.Tensor:
+    """The ACC reference: the zonal, hemispherically symmetrised mean of the truth over [start, end]
+    (`verify.symmetric_climatology`), a (channel, lat, lon) tensor constant along longitude."""
+    return verify.symmetric_climatology(climatology_of(truth, layout, start, end), layout.channels)
+
+
 def headline(table: pd.DataFrame, lead_hours: int) -> dict[str, float]:
-    """Mean over cycles of the headline WRMSEs (z500, t850, u500, v500) at one lead."""
+    """The headline WRMSEs (z500, t850, u500, v500) over cycles at one lead: sqrt(mean weighted MSE) (WB2)."""
     sel = table.xs(pd.Timedelta(hours=lead_hours), level="lead")
-    return {f"{v}_{p}": float(sel[f"wrmse_{v}_{p}"].mean()) for v, p in HEADLINE}
+    return {f"{v}_{p}": float(verify.over_cycles(sel[f"wrmse_{v}_{p}"], "wrmse_")) for v, p in HEADLINE}
 
 
 def drift(table: pd.DataFrame, lead_hours: int = 0) -> dict[str, float]:
@@ -71,16 +124,78 @@ def drift(table: pd.DataFrame, lead_hours: int = 0) -> dict[str, float]:
     if n < 6:
         return {}
     middle, last = sel.iloc[n // 3 : 2 * n // 3], sel.iloc[2 * n // 3 :]
-    return {f"{v}_{p}": float(last[f"wrmse_{v}_{p}"].mean() / middle[f"wrmse_{v}_{p}"].mean()) for v, p in HEADLINE}
+    rms = lambda part, c: verify.over_cycles(part[c], c)  # noqa: E731
+    return {f"{v}_{p}": float(rms(last, f"wrmse_{v}_{p}") / rms(middle, f"wrmse_{v}_{p}")) for v, p in HEADLINE}
 
 
-def stage_seconds(archive: Archive) -> dict[str, float]:
-    """Mean wall seconds per stage over the archive's done cycles (from their provenance)."""
+def stage_seconds(archive: Archive, start=None, end=None) -> dict[str, float]:
+    """Mean wall seconds per stage over the archive's done cycles in [start, end] (from their provenance)."""
     totals: dict[str, list[float]] = {}
     for cycle in archive.done_cycles():
+        if (start is not None and cycle.value < _as_datetime(start)) or (end is not None and cycle.value > _as_datetime(end)):
+            continue
         for stage, seconds in archive.provenance(cycle).get("wall_s", {}).items():
             totals.setdefault(stage, []).append(float(seconds))
     return {k: float(np.mean(v)) for k, v in totals.items()}
+
+
+def departure_scores(archive: Archive, cycles: list[CycleTime]) -> pd.DataFrame:
+    """Per cycle: O−B and O−A RMS of the used observations per (obs type, variable), pooled over level
+    bands, as columns omb_rms_<type>_<variable> / oma_rms_<type>_<variable>; index cycle_time."""
+    rows = {}
+    for cycle in cycles:
+        _, _, mon = archive.read_obs(cycle)
+        rec = {}
+        if len(mon):
+            mon = mon.assign(ss=mon["count"] * mon["rms"] ** 2)
+            pooled = mon.groupby(["departure", "obs_type", "variable"])[["count", "ss"]].sum()
+            for (dep, typ, var), row in pooled.iterrows():
+                if row["count"] > 0:
+                    prefix = "omb" if dep == "O-B" else "oma"
+                    rec[f"{prefix}_rms_{typ}_{var}"] = float(np.sqrt(row["ss"] / row["count"]))
+        rows[pd.Timestamp(cycle.value)] = rec
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def desroziers(archive: Archive, cycles: list[CycleTime], background_variance: dict[str, float] | None = None) -> pd.DataFrame:
+    """Desroziers et al. (2005) consistency per (obs_type, variable) over the used observations of `cycles`.
+
+    With d_ob = y − H(x_b), d_oa = y − H(x_a), d_ab = H(x_a) − H(x_b): E[d_oa d_ob] ≈ R and
+    E[d_ab d_ob] ≈ HBHᵀ for a consistent system. Columns: count, dob_rms, oa_ob (E[d_oa d_ob]),
+    r (mean σ_o²), ratio_r = oa_ob / r; with `background_variance` (σ_b² per channel name, e.g. B's
+    pointwise variances): ab_ob, hbh (mean σ_b² at the observations), ratio_b and chi2_per_n =
+    mean d_ob² / (σ_o² + σ_b²) (≈ 1 when R and B are right).
+    """
+    parts = []
+    for cycle in cycles:
+        batch, ds, _ = archive.read_obs(cycle)
+        hb, ha = ds["hofx_background"].values, ds["hofx_analysis"].values
+        use = batch.passed & np.isfinite(batch.value) & np.isfinite(hb) & np.isfinite(ha)
+        frame = pd.DataFrame({"obs_type": batch.obs_type[use], "variable": batch.variable[use],
+                              "dob": (batch.value - hb)[use], "doa": (batch.value - ha)[use],
+                              "dab": (ha - hb)[use], "r": batch.error[use] ** 2})
+        if background_variance is not None:
+            pressure = batch.pressure[use]
+            names = [v if not np.isfinite(p) else f"{v}_{int(round(p / 100.0))}" for v, p in zip(frame["variable"], pressure)]
+            frame["hbh"] = [background_variance.get(n, np.nan) for n in names]
+        parts.append(frame)
+    if not parts:
+        return pd.DataFrame()
+    df = pd.concat(parts, ignore_index=True)
+    df["oa_ob"], df["ab_ob"], df["dob2"] = df.doa * df.dob, df.dab * df.dob, df.dob**2
+    g = df.groupby(["obs_type", "variable"])
+    out = g.agg(count=("dob", "size"), dob_ms=("dob2", "mean"), oa_ob=("oa_ob", "mean"), r=("r", "mean"),
+                ab_ob=("ab_ob", "mean"))
+    out["dob_rms"] = np.sqrt(out.pop("dob_ms"))
+    out["ratio_r"] = out.oa_ob / out.r
+    if background_variance is not None:
+        df["chi2"] = df.dob2 / (df.r + df.hbh)
+        out["hbh"] = g["hbh"].mean()
+        out["ratio_b"] = out.ab_ob / out.hbh
+        out["chi2_per_n"] = df.groupby(["obs_type", "variable"])["chi2"].mean()
+    else:
+        out = out.drop(columns="ab_ob")
+    return out.reset_index()
 
 
 def observation_table(archive: Archive, cycles: list[CycleTime] | None = None) -> pd.DataFrame:

@@ -15,7 +15,18 @@ mean of squared error) per state; ACC of anomalies about a climatology without
 further centring; spread–skill with the finite-ensemble factor sqrt((N+1)/N)
 (Fortin et al. 2014) so that a calibrated ensemble scores 1. The normalised
 MSE/MAE over all channels (the Align-DA paper's headline metrics, Sun et al.
-2025) are unweighted means of z-scored fields unless `lat` is given.
+2025) are means of z-scored fields, latitude-weighted when `lat` is given
+(`state_scores` always gives it). Over cycles (`mean_over_cycles`), an RMSE is
+sqrt(mean over cycles of the weighted MSE), WeatherBench 2's definition, not the
+mean of per-cycle RMSEs.
+
+Ensembles: CRPS from the `scores` package (the "fair" estimator, unbiased for
+small ensembles; Ferro 2014), latitude-weighted; rank histograms of the truth
+among the members. Balance: the geostrophic-imbalance ratio mean|u − u_g| /
+mean|u| over 20–70° of latitude (both hemispheres) on one pressure level.
+Climatology for ACC: `symmetric_climatology`, the zonal and hemispherically
+symmetrised time mean of a long truth (the Held–Suarez world is symmetric, so a
+per-grid-point mean only adds sampling noise as spurious stationary waves).
 
 Against observations: O−B / O−A statistics come from
 `align_da_ops.obs.monitoring.departure_statistics`; `observation_scores` stacks
@@ -120,6 +131,77 @@ def spread_skill(members, truth, lat, member_dim: int = 0, corrected: bool = Tru
     return {"spread": spread, "skill": skill, "ratio": factor * spread / skill}
 
 
+def crps(members, truth, lat, member_dim: int = 0) -> torch.Tensor:
+    """(*lead, C) latitude-weighted fair CRPS of an ensemble, computed by `scores.probability.crps_for_ensemble`."""
+    import xarray as xr
+    from scores.probability import crps_for_ensemble
+
+    members = torch.movedim(torch.as_tensor(members).to(torch.float64), member_dim, 0).cpu()
+    truth = torch.as_tensor(truth).to(torch.float64).cpu()
+    if members.shape[0] < 2:
+        raise ValueError(f"CRPS of an ensemble needs >= 2 members; got {members.shape[0]}")
+    dims = [f"d{i}" for i in range(members.ndim - 3)] + ["lat", "lon"]
+    truth = truth.expand(members.shape[1:])
+    weights = xr.DataArray(_lat_weights(lat, truth)[:, 0].cpu().numpy(), dims=["lat"])
+    fcst = xr.DataArray(members.numpy(), dims=["member", *dims])
+    obs = xr.DataArray(truth.numpy(), dims=dims)
+    out = crps_for_ensemble(fcst, obs, "member", method="fair", reduce_dims=["lat", "lon"], weights=weights)
+    return torch.as_tensor(np.asarray(out.values))
+
+
+def rank_histogram(members, truth, lat, member_dim: int = 0) -> torch.Tensor:
+    """(*lead, C, N+1) latitude-weighted frequency of the truth's rank among N members (sums to 1).
+
+    Rank k = number of members below the truth; ties are split at random-free midpoints (a
+    member equal to the truth counts half), so a perfectly reliable ensemble is flat.
+    """
+    members = torch.movedim(torch.as_tensor(members).to(torch.float64), member_dim, 0)
+    truth = torch.as_tensor(truth, device=members.device).to(torch.float64).expand(members.shape[1:])
+    n = members.shape[0]
+    rank = (members < truth).sum(0).to(torch.float64) + 0.5 * (members == truth).sum(0)
+    rank = rank.floor().clamp(0, n).long()
+    onehot = torch.nn.functional.one_hot(rank, n + 1).to(torch.float64)  # (*, lat, lon, N+1)
+    w = _lat_weights(lat, truth)[..., None]
+    return (onehot * w).mean(dim=(-3, -2))
+
+
+def imbalance_ratio(states, layout, latitudes, longitudes, level: int, band: tuple[float, float] = (20.0, 70.0)) -> torch.Tensor:
+    """(...) geostrophic-imbalance ratio Σw|u − u_g| / Σw|u| on `level` hPa, rows with band[0] <= |lat| <= band[1].
+
+    u_g = −(1/f) ∂Φ/∂y from the geopotential of the same level (`align.rewards.geostrophic_wind`);
+    w = cos(lat). Truth of the tiny OSSE: about 0.18 / 0.17 / 0.21 at 250 / 500 / 850 hPa.
+    """
+    from align_da_ops.align.rewards import geostrophic_wind
+
+    x = torch.as_tensor(states).to(torch.float64)
+    lat = np.asarray(latitudes, dtype=np.float64)
+    rows = torch.as_tensor(np.flatnonzero((np.abs(lat) >= band[0]) & (np.abs(lat) <= band[1])), device=x.device)
+    if len(rows) == 0:
+        raise SchemaError(f"no latitude row within {band} degrees")
+    z = x[..., layout.channel_index("geopotential", level), :, :]
+    u = x[..., layout.channel_index("u_component_of_wind", level), :, :]
+    u_g, _ = geostrophic_wind(z, latitudes, longitudes)
+    w = torch.as_tensor(np.cos(np.deg2rad(lat)), device=x.device)[rows][:, None]
+    du = (u - u_g).index_select(-2, rows).abs()
+    return (w * du).sum(dim=(-2, -1)) / (w * u.index_select(-2, rows).abs()).sum(dim=(-2, -1))
+
+
+def symmetric_climatology(mean_field: torch.Tensor, channels: Sequence[str]) -> torch.Tensor:
+    """(C, lat, lon) zonal and hemispherically symmetrised climatology from a time mean (C, lat, lon).
+
+    Zonal mean (constant in longitude), then ½(m(φ) + s m(−φ)) with s = −1 for the meridional
+    wind (antisymmetric about the equator in a symmetric world) and +1 otherwise. Needs
+    latitudes symmetric about the equator (Gaussian or equiangular grids are).
+    """
+    m = torch.as_tensor(mean_field).to(torch.float64)
+    if m.ndim != 3 or m.shape[0] != len(channels):
+        raise SchemaError(f"climatology must be (channel={len(channels)}, lat, lon); got {tuple(m.shape)}")
+    zonal = m.mean(-1, keepdim=True)
+    sign = torch.as_tensor([-1.0 if c.startswith("v_component_of_wind") else 1.0 for c in channels], dtype=torch.float64)
+    sym = 0.5 * (zonal + sign[:, None, None] * zonal.flip(-2))
+    return sym.expand(m.shape).contiguous()
+
+
 # -- all-channel scores in normalised units ---------------------------------------------------------
 def normalized_mse(x, truth, norm: Normalization, lat=None) -> torch.Tensor:
     """(*lead,) MSE over all channels and grid points of the z-scored fields (per-channel mean/std of `norm`)."""
@@ -162,8 +244,8 @@ def state_scores(
     if climatology is not None:
         out |= channel_scores("acc", acc(x, truth, climatology, lat), channels)
     if norm is not None:
-        out["mse_normalized"] = float(normalized_mse(x, truth, norm))
-        out["mae_normalized"] = float(normalized_mae(x, truth, norm))
+        out["mse_normalized"] = float(normalized_mse(x, truth, norm, lat))
+        out["mae_normalized"] = float(normalized_mae(x, truth, norm, lat))
     if members is not None:
         ss = spread_skill(members, truth, lat)
         out |= channel_scores("spread", ss["spread"], channels)
@@ -195,9 +277,21 @@ def scores_table(records: Iterable[Mapping]) -> pd.DataFrame:
     return df[sorted(df.columns)].astype(float)
 
 
+ROOT_MEAN_SQUARE_PREFIXES = ("wrmse_", "spread_", "ensrmse_", "omb_rms_", "oma_rms_")
+
+
+def over_cycles(values: pd.Series | np.ndarray, score: str, axis: int = 0):
+    """Aggregate one score's per-cycle values: root-mean-square for RMSE-like scores (`ROOT_MEAN_SQUARE_PREFIXES`:
+    sqrt of the mean MSE, WeatherBench 2), the mean for every other score."""
+    v = np.asarray(values, dtype=np.float64)
+    if score.startswith(ROOT_MEAN_SQUARE_PREFIXES):
+        return np.sqrt(np.nanmean(v**2, axis=axis))
+    return np.nanmean(v, axis=axis)
+
+
 def mean_over_cycles(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean of every score over cycle times, per (lead, method) (RMSEs averaged per cycle, WeatherBench 1 style)."""
-    return table.groupby(level=["lead", "method"]).mean()
+    """Every score over cycle times, per (lead, method): RMSEs as sqrt(mean MSE), the rest as means (`over_cycles`)."""
+    return table.groupby(level=["lead", "method"]).agg({c: (lambda v, c=c: over_cycles(v, c)) for c in table.columns})
 
 
 # -- against observations ----------------------------------------------------------------------------

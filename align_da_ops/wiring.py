@@ -51,11 +51,16 @@ class CycleContext:
 
 
 class ObservationSource:
-    """Synthetic networks drawn from the truth (OSSE) and/or a directory-drop feed, for one window."""
+    """Synthetic networks drawn from the truth (OSSE) and/or a directory-drop feed, for one window.
 
-    def __init__(self, campaign: CampaignConfig, truth: xr.Dataset | None):
+    Synthetic draws are seeded by (experiment config name, campaign seed, cycle, network spec),
+    never by the campaign's name or method, so campaigns that differ only in method are paired.
+    """
+
+    def __init__(self, campaign: CampaignConfig, experiment: ExperimentConfig, truth: xr.Dataset | None):
         self.cfg = campaign.observations
-        self.experiment = campaign.name
+        self.experiment = experiment.name
+        self.seed = campaign.seed
         self.truth = truth
         self.feed = ObsFeed(self.cfg.feed.root) if self.cfg.feed else None
         if self.cfg.networks and truth is None:
@@ -65,7 +70,7 @@ class ObservationSource:
         parts = []
         if self.cfg.networks:
             around = self.truth.sel({grid.TIME: slice(cycle.value - timedelta(hours=6), cycle.value + timedelta(hours=6))})
-            parts.append(simulate(self.cfg, Truth.from_dataset(around.load()), cycle.as_numpy(), self.experiment).batch)
+            parts.append(simulate(self.cfg, Truth.from_dataset(around.load()), cycle.as_numpy(), self.experiment, self.seed).batch)
         if self.feed is not None:
             self.feed.poll()
             start, end = cycle.window(self.cfg.qc.window_half_width)
@@ -149,11 +154,15 @@ def build_context(campaign: CampaignConfig, experiment: ExperimentConfig) -> Cyc
     }
     return CycleContext(
         campaign, experiment, layout, lat, lon, archive, model, method,
-        ObservationSource(campaign, truth), GridInterpolator(layout, lat, lon), initial_state, device, provenance,
+        ObservationSource(campaign, experiment, truth), GridInterpolator(layout, lat, lon), initial_state, device, provenance,
     )
 
 
 def member_seed(experiment: str, base_seed: int, cycle: CycleTime, member: int) -> int:
-    """Seed of one member of one cycle: a hash, so it never depends on order or batching."""
+    """Seed of one member of one cycle: a hash, so it never depends on order or batching.
+
+    `experiment` is the experiment config's name: methods compared in one suite draw the same
+    sampler noise for the same (seed, cycle, member) (common random numbers).
+    """
     key = f"{experiment}|{base_seed}|{cycle.compact}|{member}".encode()
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & ((1 << 63) - 1)

@@ -237,6 +237,32 @@ class SpectralCovariance:
             raise ValueError(f"B scale factor must be > 0; got {factor}")
         return SpectralCovariance(self.spectra * factor, self.channels, self.latitudes, self.longitudes)
 
+    def length_scaled(self, factor: float) -> "SpectralCovariance":
+        """B with every horizontal correlation length multiplied by `factor`, pointwise variances and
+        inter-channel correlations kept.
+
+        The spectrum is stretched in total wavenumber: S'(l) = D S(l*) D with l*(l*+1) = factor² l(l+1)
+        (exact for Gaussian correlations), linear interpolation between wavenumbers, zero beyond the
+        truncation, and D diagonal restoring each channel's variance (a congruence, so S' stays PSD).
+        """
+        if not factor > 0:
+            raise ValueError(f"B length factor must be > 0; got {factor}")
+        if factor == 1.0:
+            return self
+        l = np.arange(self.truncation + 1, dtype=np.float64)
+        source = (-1.0 + np.sqrt(1.0 + 4.0 * factor**2 * l * (l + 1))) / 2.0
+        low = np.floor(source).astype(int)
+        frac = (source - low)[:, None, None]
+        padded = np.concatenate([self.spectra, np.zeros((2, *self.spectra.shape[1:]))])
+        low = np.minimum(low, self.truncation + 1)
+        stretched = (1 - frac) * padded[low] + frac * padded[low + 1]
+        new_var = ((2 * l + 1) / (4 * np.pi)) @ np.diagonal(stretched, axis1=1, axis2=2)
+        old_var = self.variances()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d = np.where(new_var > 0, np.sqrt(old_var / new_var), 0.0)
+        return SpectralCovariance(stretched * d[None, :, None] * d[None, None, :], self.channels, self.latitudes,
+                                  self.longitudes)
+
     # -- storage -------------------------------------------------------------------------------
     def content_hash(self) -> str:
         """sha256 of the format version, channel names, grid and spectra (float64, little-endian)."""

@@ -82,6 +82,11 @@ class ThreeDVarConfig(BaseModel):
         default=None, ge=0, description="Parametric B: spectral truncation T; None: the largest the grid allows."
     )
     b_scale: float = Field(default=1.0, gt=0, description="Multiplies B (variance inflation; NMC tuning factor).")
+    length_factor: float = Field(
+        default=1.0, gt=0,
+        description="Multiplies B's horizontal correlation lengths (spectrum stretched in wavenumber, variances kept; "
+        "`SpectralCovariance.length_scaled`); tuned on the validation period with b_scale.",
+    )
     max_iterations: int = Field(default=200, ge=1, description="Conjugate-gradient iteration cap.")
     tolerance: float = Field(
         default=1e-6, gt=0, lt=1, description="Stop when the gradient norm falls below tolerance × its initial value."
@@ -122,7 +127,8 @@ def sigma_for_channels(channels: Sequence[str], sigma_b: dict[str, float]) -> np
 
 
 def covariance_from_config(cfg: ThreeDVarConfig, channels: Sequence[str], latitudes, longitudes) -> SpectralCovariance:
-    """Load `cfg.covariance` (checked against channels and grid) or build the parametric B; apply `b_scale`."""
+    """Load `cfg.covariance` (checked against channels and grid) or build the parametric B; apply
+    `length_factor` and `b_scale`."""
     if cfg.covariance is not None:
         cov = SpectralCovariance.load(cfg.covariance)
         if cov.channels != tuple(channels):
@@ -137,6 +143,7 @@ def covariance_from_config(cfg: ThreeDVarConfig, channels: Sequence[str], latitu
             channels, latitudes, longitudes, sigma_for_channels(channels, cfg.sigma_b),
             cfg.length_scale_km * 1e3, cfg.truncation, cfg.vertical_length_lnp,
         )
+    cov = cov.length_scaled(cfg.length_factor)
     return cov if cfg.b_scale == 1.0 else cov.scaled(cfg.b_scale)
 
 

@@ -119,7 +119,8 @@ def simulate_cmd(
     gross_error_rate: float = typer.Option(0.0, help="Fraction of obs with a gross error."),
     missing_rate: float = typer.Option(0.0, help="Fraction of reports missing."),
     noise: bool = typer.Option(True, help="Add observation noise (--no-noise: perfect obs)."),
-    experiment: str = typer.Option("osse", help="Experiment name (seeds the draw)."),
+    experiment: str = typer.Option("osse", help="Experiment name (seeds the draw, with --seed)."),
+    seed: int = typer.Option(0, help="Seed of the draw (a campaign's `seed`)."),
     member: int = typer.Option(0, help="Nature-run member used as truth."),
     config: Path | None = typer.Option(
         None, help="YAML with an `observations:` block (overrides the network options)."
@@ -149,11 +150,11 @@ def simulate_cmd(
         raise ObservationError(f"cycle {when} is outside the store's times {times[0]} .. {times[-1]}")
     pad = np.timedelta64(int(cfg.qc.window_half_width.total_seconds()) + 6 * 3600, "s")
     truth = Truth.from_dataset(ds.sel(time=slice(when - pad, when + pad)).load(), member=member)
-    draw = simulate(cfg, truth, when, experiment=experiment)
+    draw = simulate(cfg, truth, when, experiment=experiment, seed=seed)
     op = GridInterpolator(truth.layout, truth.latitudes, truth.longitudes)
     batch = run_qc(draw.batch, cfg.qc, cycle=when, operator=op)
     write_ioda(
-        batch, output, {"experiment": experiment, "cycle": str(np.datetime64(when, "s")), "nature_run": str(store)}
+        batch, output, {"experiment": experiment, "seed": seed, "cycle": str(np.datetime64(when, "s")), "nature_run": str(store)}
     )
     _print_batch_summary(batch)
     out.print(f"wrote {output} ({len(batch)} observations, {int(draw.gross.sum())} with injected gross errors)")

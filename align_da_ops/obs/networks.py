@@ -6,9 +6,12 @@ error), with x_true linear in time between the stored truth times that bracket
 the observation time, and H the same `GridInterpolator` the analysis uses.
 Missing reports stay in the batch with NaN values and flag `missing`.
 
-Randomness: one numpy Generator per (experiment, cycle time, network label)
+Randomness: one numpy Generator per (experiment, seed, cycle time, network spec)
 (`network_rng`), drawn on the CPU, so a draw is bit-reproducible and does not
-depend on other networks, devices or batch order.
+depend on other networks, devices or batch order. The experiment is the
+experiment config's name, never a campaign's: campaigns that differ only in
+their analysis method assimilate bitwise-identical observations (paired
+experiments, DESIGN.md §6).
 
 Networks:
 - `random_mask` (Align-DA §4): a fraction of grid points, every channel, on the grid;
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -43,9 +47,14 @@ TROPICAL_YEAR_S = 365.2422 * 86400.0
 ORBIT_EPOCH = np.datetime64("2000-01-01T00:00:00", "s")
 
 
-def network_rng(experiment: str, cycle: datetime | np.datetime64, label: str) -> np.random.Generator:
-    """The one generator for (experiment, cycle, network): a hash of the three, so order never matters."""
-    key = f"{experiment}|{np.datetime64(cycle, 's')}|{label}".encode()
+def network_rng(experiment: str, cycle: datetime | np.datetime64, network: NetworkConfig, seed: int = 0) -> np.random.Generator:
+    """The one generator for (experiment, seed, cycle, network spec): a hash of them, so order never matters.
+
+    The spec is the network's whole validated config (kind, label, errors, rates, ...): the same
+    spec in two campaigns gives the same draw; any change to it gives an independent one.
+    """
+    spec = json.dumps(network.model_dump(mode="json"), sort_keys=True)
+    key = f"{experiment}|{int(seed)}|{np.datetime64(cycle, 's')}|{spec}".encode()
     return np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:16], "little"))
 
 
@@ -277,11 +286,16 @@ def _observe(cfg: NetworkConfig, cols: dict, truth: Truth, rng) -> SyntheticDraw
 
 
 def draw_network(
-    cfg: NetworkConfig, truth: Truth, cycle, half_width: timedelta = timedelta(hours=3), experiment: str = "osse"
+    cfg: NetworkConfig,
+    truth: Truth,
+    cycle,
+    half_width: timedelta = timedelta(hours=3),
+    experiment: str = "osse",
+    seed: int = 0,
 ) -> SyntheticDraw:
-    """One network's synthetic observations for the window cycle ± half_width."""
+    """One network's synthetic observations for the window cycle ± half_width (see `network_rng`)."""
     cycle = np.datetime64(cycle, "s")
-    rng = network_rng(experiment, cycle, cfg.label)
+    rng = network_rng(experiment, cycle, cfg, seed)
     cols = _BUILDERS[cfg.kind](cfg, truth, rng, cycle, half_width)
     if not cols:
         empty = ObsBatch.empty()
@@ -294,9 +308,9 @@ def draw_network(
     return _observe(cfg, cols, truth.around(cycle, half_width), rng)
 
 
-def simulate(config: ObservationsConfig, truth: Truth, cycle, experiment: str = "osse") -> SyntheticDraw:
+def simulate(config: ObservationsConfig, truth: Truth, cycle, experiment: str = "osse", seed: int = 0) -> SyntheticDraw:
     """Every configured network, concatenated in config order."""
-    draws = [draw_network(n, truth, cycle, config.qc.window_half_width, experiment) for n in config.networks]
+    draws = [draw_network(n, truth, cycle, config.qc.window_half_width, experiment, seed) for n in config.networks]
     batch = ObsBatch.concat([d.batch for d in draws])
     keep = [d for d in draws if len(d.batch)]
     true = np.concatenate([d.truth_values for d in keep]) if keep else np.zeros(0)

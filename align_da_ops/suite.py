@@ -1,0 +1,244 @@
+"""Suites: paired cycling experiments (methods × networks × seeds) tuned on validation, scored on test.
+
+A suite file (cycles/*.suite.yaml) names the experiment, the analysis methods, the
+observing networks and the seeds. It expands into ordinary campaigns, one per
+(method, network, seed, period), each with its own archive under `archive_root`:
+
+- `validation` campaigns tune: each method's `sweep` (a grid of analysis settings)
+  is cycled over the validation split with the `tuning_seeds`, scored by
+  `tuning_score` at `tuning_lead`, and the best candidate is reported per network;
+  the chosen values are written, with a comment on how they were chosen, into the
+  method's `tuned` block of the suite file;
+- `test` campaigns score: every method with its `tuned` settings, every network,
+  every seed, over the test split.
+
+Each campaign starts `spinup_days` before its scoring window (cold start from the
+truth `cold_start.offset_days` earlier still); the spin-up cycles are never scored.
+Observations depend on (experiment, seed, cycle, network spec) only, so every method
+of one (network, seed) assimilates bitwise-identical observations. A background-only
+method (the free run) does not see observations: it runs once per period and is
+paired with every (network, seed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from align_da_ops.campaign import (
+    AnalysisConfig,
+    CampaignConfig,
+    ColdStartConfig,
+    ForecastConfig,
+    NatureRunOffsetStart,
+    NeuralForecastConfig,
+)
+from align_da_ops.config import ExperimentConfig, Frozen, format_validation_errors, load_config
+from align_da_ops.errors import ConfigError
+from align_da_ops.obs.config import NetworkConfig, ObservationsConfig, QCConfig
+
+Period = Literal["validation", "test"]
+NAME = r"^[a-z0-9][a-z0-9-]{0,23}$"
+
+
+class SuiteMethod(Frozen):
+    """One analysis method of the suite."""
+
+    name: str = Field(pattern=NAME, description="Short label (tables, archive paths).")
+    analysis: AnalysisConfig = Field(description="The campaign `analysis:` block (untuned defaults).")
+    tuned: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per network name: analysis settings chosen on the validation period (`align-da suite tune`).",
+    )
+    sweep: dict[str, list[Any]] = Field(
+        default_factory=dict, description="Analysis field -> candidate values; their grid is tried on validation."
+    )
+
+    def analysis_for(self, network: str, overrides: dict[str, Any] | None = None) -> AnalysisConfig:
+        """The analysis block for one network: base ⊕ tuned[network] ⊕ overrides (validated)."""
+        raw = {**self.analysis.model_dump(mode="json"), **self.tuned.get(network, {}), **(overrides or {})}
+        try:
+            return type(self.analysis).model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_errors(exc, f"suite method {self.name!r} ({network})")) from None
+
+    def candidates(self) -> list[dict[str, Any]]:
+        """The sweep's grid, one dict of overrides per candidate (empty: no sweep)."""
+        if not self.sweep:
+            return []
+        keys = sorted(self.sweep)
+        return [dict(zip(keys, values)) for values in itertools.product(*(self.sweep[k] for k in keys))]
+
+    @property
+    def observes(self) -> bool:
+        return self.analysis.kind != "background_only"
+
+
+class SuiteNetwork(Frozen):
+    """One observing system of the suite: synthetic networks and their QC."""
+
+    name: str = Field(pattern=NAME)
+    networks: tuple[NetworkConfig, ...] = Field(min_length=1)
+    qc: QCConfig = Field(default_factory=QCConfig)
+
+
+class SuiteConfig(Frozen):
+    """A paired comparison: methods × networks × seeds, tuned on validation, scored on test."""
+
+    name: str = Field(pattern=NAME)
+    config: Path = Field(description="Experiment config YAML (an OSSE: data.kind nature_run).")
+    methods: tuple[SuiteMethod, ...] = Field(min_length=1)
+    networks: tuple[SuiteNetwork, ...] = Field(min_length=1)
+    seeds: tuple[int, ...] = Field(default=(0, 1, 2), min_length=1, description="Observation and sampler seeds.")
+    tuning_seeds: tuple[int, ...] = Field(default=(0,), min_length=1, description="Seeds of the validation sweeps.")
+    spinup_days: float = Field(default=5.0, ge=0, description="Cycled before each scoring window, never scored.")
+    tuning_days: float | None = Field(
+        default=None, gt=0, description="Days of the validation split scored when tuning (from its start); None: all."
+    )
+    test_days: float | None = Field(
+        default=None, gt=0, description="Days of the test split scored (from its start); None: all (smoke runs: less)."
+    )
+    tuning_score: str = Field(default="mse_normalized", description="Score minimised by the sweeps.")
+    tuning_lead: int = Field(default=0, ge=0, description="Lead (h) of the tuning score: 0 = the analysis.")
+    forecast_model: ForecastConfig = Field(default_factory=NeuralForecastConfig)
+    cold_start: ColdStartConfig = Field(default_factory=NatureRunOffsetStart)
+    leads_hours: tuple[int, ...] = (6, 24, 48)
+    archive_root: Path = Field(description="Every campaign's archive goes below this directory.")
+    block_days: float = Field(default=2.0, gt=0, description="Bootstrap block (≥ the error decorrelation time).")
+    resamples: int = Field(default=2000, ge=100, description="Bootstrap resamples.")
+
+    @model_validator(mode="after")
+    def _unique(self):
+        for what, names in (("method", [m.name for m in self.methods]), ("network", [n.name for n in self.networks])):
+            if len(set(names)) != len(names):
+                raise ValueError(f"{what} names must be unique; got {names}")
+        known = {n.name for n in self.networks}
+        for m in self.methods:
+            unknown = sorted(set(m.tuned) - known)
+            if unknown:
+                raise ValueError(f"method {m.name!r} is tuned for unknown networks {unknown}; networks are {sorted(known)}")
+        return self
+
+    def method(self, name: str) -> SuiteMethod:
+        for m in self.methods:
+            if m.name == name:
+                return m
+        raise ConfigError(f"suite {self.name!r} has no method {name!r}; it has {[m.name for m in self.methods]}")
+
+
+def load_suite(path: str | Path) -> tuple[SuiteConfig, ExperimentConfig]:
+    """Read and validate a suite and the experiment config it names (must be an OSSE)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read suite {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"suite {path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"suite {path} must be a YAML mapping at top level")
+    try:
+        suite = SuiteConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_errors(exc, path)) from None
+    experiment = load_config(suite.config)
+    if experiment.data.kind != "nature_run":
+        raise ConfigError(f"suite {path}: scoring needs the truth of an OSSE; {suite.config} has data.kind "
+                          f"{experiment.data.kind!r}")
+    return suite, experiment
+
+
+# -- expansion into campaigns ---------------------------------------------------------------------
+class Run:
+    """One campaign of a suite and the window it is scored on."""
+
+    def __init__(self, campaign: CampaignConfig, method: str, network: str, seed: int, score_start, score_end,
+                 overrides: dict | None = None):
+        self.campaign = campaign
+        self.method, self.network, self.seed = method, network, seed
+        self.score_start, self.score_end = score_start, score_end
+        self.overrides = overrides or {}
+
+
+def scoring_window(suite: SuiteConfig, experiment: ExperimentConfig, period: Period):
+    """(first, last) scored cycle of a period: the split, cut to tuning_days / test_days."""
+    split = experiment.splits.validation if period == "validation" else experiment.splits.test
+    days = suite.tuning_days if period == "validation" else suite.test_days
+    end = split.end if days is None else min(split.end, split.start + timedelta(days=days) - timedelta(hours=6))
+    return split.start, end
+
+
+def _candidate_tag(overrides: dict) -> str:
+    return hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def make_run(
+    suite: SuiteConfig, experiment: ExperimentConfig, method: SuiteMethod, network: SuiteNetwork, seed: int,
+    period: Period, overrides: dict | None = None,
+) -> Run:
+    """The campaign of (method, network, seed, period[, sweep candidate])."""
+    start, end = scoring_window(suite, experiment, period)
+    shared = not method.observes
+    net = suite.networks[0] if shared else network
+    seed = suite.seeds[0] if shared else seed
+    parts = [suite.name, method.name, "all" if shared else net.name, f"s{seed}", period[:4]]
+    path = suite.archive_root / period / method.name / ("all" if shared else net.name) / f"s{seed}"
+    if overrides:
+        tag = _candidate_tag(overrides)
+        parts.append(tag)
+        path = path / f"candidate-{tag}"
+    campaign = CampaignConfig(
+        name="-".join(parts)[:64].rstrip("-"),
+        config=suite.config,
+        mode="replay",
+        start=start - timedelta(days=suite.spinup_days),
+        end=end,
+        observations=ObservationsConfig(networks=net.networks, qc=net.qc),
+        analysis=method.analysis_for(net.name, overrides),
+        forecast_model=suite.forecast_model,
+        cold_start=suite.cold_start,
+        leads_hours=suite.leads_hours,
+        archive=path,
+        seed=seed,
+        on_failure="background",
+    )
+    return Run(campaign, method.name, network.name, seed, start, end, overrides)
+
+
+def scoring_runs(suite: SuiteConfig, experiment: ExperimentConfig, methods: list[str] | None = None) -> list[Run]:
+    """Every (method, network, seed) campaign of the test period; free runs appear once per (network, seed)."""
+    chosen = [suite.method(m) for m in methods] if methods else list(suite.methods)
+    return [make_run(suite, experiment, m, n, s, "test") for m in chosen for n in suite.networks for s in suite.seeds]
+
+
+def tuning_runs(suite: SuiteConfig, experiment: ExperimentConfig, methods: list[str] | None = None) -> list[Run]:
+    """Every sweep candidate × network × tuning seed on the validation period."""
+    chosen = [suite.method(m) for m in methods] if methods else list(suite.methods)
+    return [make_run(suite, experiment, m, n, s, "validation", c)
+            for m in chosen for n in suite.networks for c in m.candidates() for s in suite.tuning_seeds]
+
+
+def execute(runs: list[Run], progress: Callable[[Run, int, int], None] | None = None) -> None:
+    """Replay every distinct campaign (resuming what is done; shared free runs once)."""
+    from align_da_ops.replay import replay
+    from align_da_ops.wiring import build_context
+
+    seen, distinct = set(), []
+    for run in runs:
+        if run.campaign.archive not in seen:
+            seen.add(run.campaign.archive)
+            distinct.append(run)
+    for i, run in enumerate(distinct):
+        if progress:
+            progress(run, i, len(distinct))
+        experiment = load_config(run.campaign.config)
+        ctx = build_context(run.campaign, experiment)
+        replay(ctx, run.campaign.first, run.campaign.last)
