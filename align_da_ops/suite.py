@@ -16,8 +16,8 @@ Each campaign starts `spinup_days` before its scoring window (cold start from th
 truth `cold_start.offset_days` earlier still); the spin-up cycles are never scored.
 Observations depend on (experiment, seed, cycle, network spec) only, so every method
 of one (network, seed) assimilates bitwise-identical observations. A background-only
-method (the free run) does not see observations: it runs once per period and is
-paired with every (network, seed).
+method (the free run) is not changed by observations: it runs once per (period,
+network), with the first seed (for its O−B monitoring), and is paired with every seed.
 """
 
 from __future__ import annotations
@@ -186,11 +186,9 @@ def make_run(
 ) -> Run:
     """The campaign of (method, network, seed, period[, sweep candidate])."""
     start, end = scoring_window(suite, experiment, period)
-    shared = not method.observes
-    net = suite.networks[0] if shared else network
-    seed = suite.seeds[0] if shared else seed
-    parts = [suite.name, method.name, "all" if shared else net.name, f"s{seed}", period[:4]]
-    path = suite.archive_root / period / method.name / ("all" if shared else net.name) / f"s{seed}"
+    run_seed = suite.seeds[0] if not method.observes else seed  # the free run is the same for every seed
+    parts = [suite.name, method.name, network.name, f"s{run_seed}", period[:4]]
+    path = suite.archive_root / period / method.name / network.name / f"s{run_seed}"
     if overrides:
         tag = _candidate_tag(overrides)
         parts.append(tag)
@@ -201,13 +199,13 @@ def make_run(
         mode="replay",
         start=start - timedelta(days=suite.spinup_days),
         end=end,
-        observations=ObservationsConfig(networks=net.networks, qc=net.qc),
-        analysis=method.analysis_for(net.name, overrides),
+        observations=ObservationsConfig(networks=network.networks, qc=network.qc),
+        analysis=method.analysis_for(network.name, overrides),
         forecast_model=suite.forecast_model,
         cold_start=suite.cold_start,
         leads_hours=suite.leads_hours,
         archive=path,
-        seed=seed,
+        seed=run_seed,
         on_failure="background",
     )
     return Run(campaign, method.name, network.name, seed, start, end, overrides)

@@ -174,3 +174,22 @@ def test_nmc_streaming_equals_batch_and_forecast_differences():
         forecast_differences(long_lead, short_lead[:5])
     with pytest.raises(ValueError, match="at least 2 samples"):
         estimate_nmc(proxies[:1], channels, lat, lon)
+
+
+def test_length_scaled_gaussian_matches_the_longer_gaussian():
+    """Stretching a Gaussian B's spectrum by factor a reproduces the Gaussian B of length a·L (oracle),
+    keeps variances and inter-channel correlations, and 1 is the identity."""
+    from align_da_ops.analysis.covariance import SpectralCovariance
+    from align_da_ops.grid import gaussian_latitudes, longitudes
+
+    lat, lon = gaussian_latitudes(32), longitudes(64)
+    channels = ["temperature_500", "temperature_850"]
+    base = SpectralCovariance.gaussian(channels, lat, lon, [1.0, 2.0], 1000e3, vertical_length_lnp=0.5)
+    assert base.length_scaled(1.0) is base
+    for factor in (0.7, 1.5):
+        stretched = base.length_scaled(factor)
+        oracle = SpectralCovariance.gaussian(channels, lat, lon, [1.0, 2.0], factor * 1000e3, vertical_length_lnp=0.5)
+        np.testing.assert_allclose(stretched.variances(), base.variances(), rtol=1e-12)
+        np.testing.assert_allclose(stretched.correlation_matrix(), base.correlation_matrix(), atol=1e-12)
+        np.testing.assert_allclose(stretched.length_scales(), oracle.length_scales(), rtol=0.01)
+        assert np.abs(stretched.spectra - oracle.spectra).max() < 0.01 * np.abs(oracle.spectra).max()

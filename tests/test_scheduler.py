@@ -84,11 +84,23 @@ def test_campaign_validation(tmp_path):
             load_campaign(path)
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "cycles").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(p for p in (REPO / "cycles").glob("*.yaml") if not p.name.endswith(".suite.yaml")),
+                         ids=lambda p: p.name)
 def test_shipped_campaigns_validate(path, monkeypatch):
     monkeypatch.chdir(REPO)
     campaign, experiment = load_campaign(path)
     assert campaign.archive and experiment.name
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "cycles").glob("*.suite.yaml")), ids=lambda p: p.name)
+def test_shipped_suites_validate_and_expand(path, monkeypatch):
+    from align_da_ops.suite import load_suite, scoring_runs
+
+    monkeypatch.chdir(REPO)
+    suite, experiment = load_suite(path)
+    runs = scoring_runs(suite, experiment)
+    assert len(runs) == len(suite.methods) * len(suite.networks) * len(suite.seeds)
+    assert all(r.campaign.analysis.kind == m.analysis.kind for m in suite.methods for r in runs if r.method == m.name)
 
 
 def test_sigterm_finishes_the_cycle_in_flight_and_stops(tiny_nature_run, tmp_path):

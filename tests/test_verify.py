@@ -134,3 +134,84 @@ def test_shape_errors():
         verify.wrmse(fields(), fields(), LAT[:4])
     with pytest.raises(SchemaError, match=r"\(3,\) values for 2 channels"):
         verify.channel_scores("wrmse", torch.zeros(3), CHANNELS)
+
+
+# -- WeatherBench 2 definitions, cross-checked with the `scores` package -------------------------------
+def _xr(x, dims):
+    import xarray as xr
+
+    return xr.DataArray(np.asarray(x), dims=dims)
+
+
+def test_rmse_and_rmse_over_cycles_agree_with_scores():
+    import scores.continuous as sc
+
+    weights = _xr(verify._lat_weights(LAT, fields())[:, 0].numpy(), ["lat"])
+    x, truth = fields(1, (5, 2, 8, 16)), fields(2, (5, 2, 8, 16))
+    ours = verify.wrmse(x, truth, LAT)  # (cycle, C)
+    theirs = sc.rmse(_xr(x, ["t", "c", "lat", "lon"]), _xr(truth, ["t", "c", "lat", "lon"]),
+                     reduce_dims=["lat", "lon"], weights=weights)
+    np.testing.assert_allclose(ours.numpy(), theirs.values, rtol=1e-6)
+    over = verify.over_cycles(ours.numpy(), "wrmse_geopotential_500")  # sqrt(mean over cycles of weighted MSE)
+    theirs = sc.rmse(_xr(x, ["t", "c", "lat", "lon"]), _xr(truth, ["t", "c", "lat", "lon"]),
+                     reduce_dims=["t", "lat", "lon"], weights=weights)
+    np.testing.assert_allclose(over, theirs.values, rtol=1e-6)
+    assert over != pytest.approx(ours.numpy().mean(0), rel=1e-3)  # not the mean of per-cycle RMSEs
+
+
+def test_acc_agrees_with_scores_through_the_unit_vector_identity():
+    """For anomalies scaled to unit weighted norm, ACC = 1 − MSE/2; the MSE comes from `scores`."""
+    import scores.continuous as sc
+
+    x, truth, clim = fields(3), fields(4), fields(5) * 0.5
+    ours = verify.acc(x, truth, clim, LAT)
+    w = verify._lat_weights(LAT, x)
+    ax, at = x - clim, truth - clim
+    ax = ax / (w * ax**2).mean(dim=(-2, -1), keepdim=True).sqrt()
+    at = at / (w * at**2).mean(dim=(-2, -1), keepdim=True).sqrt()
+    mse = sc.mse(_xr(ax, ["c", "lat", "lon"]), _xr(at, ["c", "lat", "lon"]), reduce_dims=["lat", "lon"],
+                 weights=_xr(w[:, 0].numpy(), ["lat"]))
+    np.testing.assert_allclose(ours.numpy(), 1 - mse.values / 2, rtol=1e-6, atol=1e-9)
+
+
+def test_crps_matches_the_fair_ensemble_formula():
+    members, truth = fields(6, (4, 2, 8, 16)), fields(7)
+    n = members.shape[0]
+    skill = (members - truth).abs().mean(0)
+    spread = (members[:, None] - members[None]).abs().sum((0, 1)) / (2 * n * (n - 1))
+    expected = verify.spatial_mean(skill - spread, LAT)
+    np.testing.assert_allclose(verify.crps(members, truth, LAT).numpy(), expected.numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match=">= 2 members"):
+        verify.crps(members[:1], truth, LAT)
+
+
+def test_rank_histogram_flat_for_exchangeable_truth_and_extreme_for_an_outlier():
+    g = torch.Generator().manual_seed(0)
+    draws = torch.randn(5, 2, 8, 16, generator=g, dtype=torch.float64)
+    flat = torch.stack([verify.rank_histogram(torch.cat([draws[:k], draws[k + 1:]]), draws[k], LAT) for k in range(5)])
+    torch.testing.assert_close(flat.mean(0), torch.full((2, 5), 0.2, dtype=torch.float64))  # exact by symmetry
+    high = verify.rank_histogram(draws[:4], draws[:4].max(0).values + 1, LAT)
+    torch.testing.assert_close(high[:, -1], torch.ones(2, dtype=torch.float64))
+
+
+def test_symmetric_climatology_is_zonal_and_hemispheric_by_construction():
+    channels = ("geopotential_500", "v_component_of_wind_500")
+    raw = fields(8)
+    clim = verify.symmetric_climatology(raw, channels)
+    assert torch.equal(clim, clim[..., :1].expand_as(clim))  # zonally symmetric
+    torch.testing.assert_close(clim[0], clim[0].flip(0))  # z: symmetric about the equator
+    torch.testing.assert_close(clim[1], -clim[1].flip(0))  # v: antisymmetric
+    torch.testing.assert_close(verify.symmetric_climatology(clim, channels), clim)  # a projection
+    zonal_mean = raw.mean(-1).mean(-1)  # equal-area rows of a symmetric grid: the global mean is kept
+    torch.testing.assert_close(clim[0].mean(), zonal_mean[0])
+
+
+def test_imbalance_ratio_zero_for_geostrophic_wind_and_half_for_doubled_wind():
+    from test_rewards import LAYOUT, balanced_state
+
+    x, lat, lon = balanced_state(64, 128)
+    assert float(verify.imbalance_ratio(x, LAYOUT, lat, lon, 500)) < 0.01
+    u = LAYOUT.channel_index("u_component_of_wind", 500)
+    doubled = x.clone()
+    doubled[u] *= 2
+    assert float(verify.imbalance_ratio(doubled, LAYOUT, lat, lon, 500)) == pytest.approx(0.5, abs=0.01)
