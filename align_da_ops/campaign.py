@@ -12,13 +12,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from align_da_ops.analysis.latent_diffusion import LatentDiffusionConfig
 from align_da_ops.analysis.threedvar import ThreeDVarConfig
-from align_da_ops.config import ExperimentConfig, Frozen, format_validation_errors, load_config
-from align_da_ops.errors import ConfigError
+from align_da_ops.config import ExperimentConfig, Frozen, load_config, load_yaml_model
 from align_da_ops.obs.config import ObservationsConfig
 from align_da_ops.times import CycleTime
 
@@ -114,17 +112,5 @@ class CampaignConfig(Frozen):
 
 def load_campaign(path: str | Path) -> tuple[CampaignConfig, ExperimentConfig]:
     """Read and validate a campaign and the experiment config it names."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read campaign {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"campaign {path} is not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"campaign {path} must be a YAML mapping at top level")
-    try:
-        campaign = CampaignConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_errors(exc, path)) from None
+    campaign = load_yaml_model(path, CampaignConfig, "campaign")
     return campaign, load_config(campaign.config)

@@ -207,23 +207,28 @@ def format_validation_errors(err: ValidationError, path: Path) -> str:
     return "\n".join(lines)
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
-    """Read and validate a YAML config; raise ConfigError naming field, value and rule."""
+def load_yaml_model(path: str | Path, model: type[BaseModel], what: str = "config"):
+    """Read a YAML mapping and validate it as `model`; raise ConfigError naming the file, field, value and rule."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"config {path} must be a YAML mapping at top level; got {type(raw).__name__}")
+        raise ConfigError(f"{what} {path} must be a YAML mapping at top level; got {type(raw).__name__}")
     try:
-        return ExperimentConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(format_validation_errors(exc, path)) from None
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate a YAML config; raise ConfigError naming field, value and rule."""
+    return load_yaml_model(path, ExperimentConfig)
 
 
 def resolved(config: BaseModel) -> dict:

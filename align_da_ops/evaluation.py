@@ -34,10 +34,10 @@ def archive_scores(
     """Per-cycle scores of an archive's done cycles in [start, end] (default: all) against the truth.
 
     Rows (cycle_time, lead, method); lead 0 h is the analysis, lead L the forecast from that cycle
-    (lead 6 h is the next cycle's background). Columns: `verify.state_scores` (wrmse_, bias_, acc_,
-    latitude-weighted mse/mae_normalized), `imbalance_<level>` and `imbalance_truth_<level>`
-    (`verify.imbalance_ratio`), and for archives that store members, at lead 0: crps_, spread_,
-    ensrmse_ (RMSE of the members' mean) per channel and n_members.
+    (lead 6 h is the next cycle's background). Columns: wrmse_, bias_ (and acc_ with a climatology) per
+    channel, latitude-weighted mse/mae_normalized (with `norm`), `imbalance_<level>` and
+    `imbalance_truth_<level>` (`verify.imbalance_ratio`), and for archives that store members, at
+    lead 0, `ensemble_scores`. Computed batched over cycles, one lead at a time.
     """
     layout, lat, lon = archive.layout, archive.lat, archive.lon
     cycles = [c for c in archive.done_cycles()
@@ -46,14 +46,14 @@ def archive_scores(
         return verify.scores_table([])
     times = np.asarray([c.as_numpy() for c in cycles])
     have = truth.indexes[grid.TIME]
-    analysis = _stack(archive.open_product("analysis").sel({grid.TIME: times}), layout)
-    forecast = archive.open_product("forecast").sel({grid.TIME: times})
+    analysis = _stack(archive.open_product("analysis", dask=False).sel({grid.TIME: times}), layout)
+    forecast = archive.open_product("forecast", dask=False).sel({grid.TIME: times}).load()
     members = None
     if archive.n_members:
-        members = _stack(archive.open_product("members").sel({grid.TIME: times}), layout)
+        members = _stack(archive.open_product("members", dask=False).sel({grid.TIME: times}), layout)
     levels = [p for p in balance_levels if p in layout.levels and "u_component_of_wind" in layout.upper_air
               and "geopotential" in layout.upper_air]
-    records = []
+    frames = []
     for lead in (0, *archive.leads):
         valid = times + np.timedelta64(lead, "h")
         keep = np.asarray([v in have for v in valid])
@@ -61,37 +61,50 @@ def archive_scores(
             continue
         x = analysis[keep] if lead == 0 else _stack(forecast.sel(lead=lead).isel({grid.TIME: np.flatnonzero(keep)}), layout)
         x_true = _stack(truth.sel({grid.TIME: valid[keep]}), layout)
-        imbalance = {p: verify.imbalance_ratio(x, layout, lat, lon, p) for p in levels}
-        imbalance_truth = {p: verify.imbalance_ratio(x_true, layout, lat, lon, p) for p in levels}
-        ens = members[keep] if members is not None and lead == 0 else None
-        for k, t in enumerate(times[keep]):
-            rec = {"cycle_time": t, "lead": lead, "method": method,
-                   **verify.state_scores(x[k], x_true[k], lat, layout.channels, norm=norm, climatology=climatology)}
-            for p in levels:
-                rec[f"imbalance_{p}"] = float(imbalance[p][k])
-                rec[f"imbalance_truth_{p}"] = float(imbalance_truth[p][k])
-            if ens is not None:
-                rec |= ensemble_scores(ens[k], x_true[k], lat, layout.channels)
-            records.append(rec)
-    return verify.scores_table(records)
+        columns = _state_columns(x, x_true, lat, layout.channels, norm, climatology)
+        for p in levels:
+            columns[f"imbalance_{p}"] = verify.imbalance_ratio(x, layout, lat, lon, p)
+            columns[f"imbalance_truth_{p}"] = verify.imbalance_ratio(x_true, layout, lat, lon, p)
+        if members is not None and lead == 0:
+            columns |= ensemble_scores(members[keep], x_true, lat, layout.channels)
+        frame = pd.DataFrame({k: np.asarray(torch.as_tensor(v).cpu(), dtype=np.float64) for k, v in columns.items()})
+        frames.append(frame.assign(cycle_time=times[keep], lead=lead, method=method))
+    return verify.scores_table(pd.concat(frames, ignore_index=True).to_dict("records"))
+
+
+def _state_columns(x, truth, lat, channels, norm, climatology) -> dict[str, torch.Tensor]:
+    """`verify.state_scores` for a batch (T, C, lat, lon): {name: (T,) tensor}."""
+    out = _per_channel("wrmse", verify.wrmse(x, truth, lat), channels)
+    out |= _per_channel("bias", verify.bias(x, truth, lat), channels)
+    if climatology is not None:
+        out |= _per_channel("acc", verify.acc(x, truth, climatology, lat), channels)
+    if norm is not None:
+        out["mse_normalized"] = verify.normalized_mse(x, truth, norm, lat)
+        out["mae_normalized"] = verify.normalized_mae(x, truth, norm, lat)
+    return out
+
+
+def _per_channel(score: str, values: torch.Tensor, channels) -> dict[str, torch.Tensor]:
+    return {f"{score}_{c}": values[:, i] for i, c in enumerate(channels)}
 
 
 RANK_HISTOGRAM_CHANNELS = ("geopotential_500", "temperature_850")
 
 
-def ensemble_scores(members: torch.Tensor, truth: torch.Tensor, lat, channels) -> dict[str, float]:
-    """crps_, spread_ and ensrmse_ per channel, n_members, and rankhist_<channel>_<k> (rank frequencies of the
-    truth, `RANK_HISTOGRAM_CHANNELS`) for one ensemble (N, C, lat, lon)."""
-    ss = verify.spread_skill(members, truth, lat, corrected=False)
-    out = verify.channel_scores("crps", verify.crps(members, truth, lat), channels)
-    out |= verify.channel_scores("spread", ss["spread"], channels)
-    out |= verify.channel_scores("ensrmse", ss["skill"], channels)
-    out["n_members"] = float(members.shape[0])
-    ranks = verify.rank_histogram(members, truth, lat)
+def ensemble_scores(members: torch.Tensor, truth: torch.Tensor, lat, channels) -> dict[str, torch.Tensor]:
+    """For ensembles (T, N, C, lat, lon) against truth (T, C, lat, lon): {name: (T,)} with crps_, spread_ and
+    ensrmse_ (RMSE of the members' mean) per channel, n_members, and rankhist_<channel>_<k> (rank
+    frequencies of the truth for `RANK_HISTOGRAM_CHANNELS`)."""
+    ss = verify.spread_skill(members, truth, lat, member_dim=1, corrected=False)
+    out = _per_channel("crps", verify.crps(members, truth, lat, member_dim=1), channels)
+    out |= _per_channel("spread", ss["spread"], channels)
+    out |= _per_channel("ensrmse", ss["skill"], channels)
+    out["n_members"] = torch.full((members.shape[0],), float(members.shape[1]))
+    ranks = verify.rank_histogram(members, truth, lat, member_dim=1)  # (T, C, N+1)
     for name in RANK_HISTOGRAM_CHANNELS:
         if name in channels:
-            for k, f in enumerate(ranks[list(channels).index(name)].tolist()):
-                out[f"rankhist_{name}_{k}"] = f
+            for k in range(ranks.shape[-1]):
+                out[f"rankhist_{name}_{k}"] = ranks[:, list(channels).index(name), k]
     return out
 
 

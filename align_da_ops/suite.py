@@ -30,7 +30,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from align_da_ops.campaign import (
@@ -41,7 +40,7 @@ from align_da_ops.campaign import (
     NatureRunOffsetStart,
     NeuralForecastConfig,
 )
-from align_da_ops.config import ExperimentConfig, Frozen, format_validation_errors, load_config
+from align_da_ops.config import ExperimentConfig, Frozen, format_validation_errors, load_config, load_yaml_model
 from align_da_ops.errors import ConfigError
 from align_da_ops.obs.config import NetworkConfig, ObservationsConfig, QCConfig
 
@@ -136,19 +135,7 @@ class SuiteConfig(Frozen):
 
 def load_suite(path: str | Path) -> tuple[SuiteConfig, ExperimentConfig]:
     """Read and validate a suite and the experiment config it names (must be an OSSE)."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read suite {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"suite {path} is not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"suite {path} must be a YAML mapping at top level")
-    try:
-        suite = SuiteConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_errors(exc, path)) from None
+    suite = load_yaml_model(path, SuiteConfig, "suite")
     experiment = load_config(suite.config)
     if experiment.data.kind != "nature_run":
         raise ConfigError(f"suite {path}: scoring needs the truth of an OSSE; {suite.config} has data.kind "

@@ -13,13 +13,6 @@ out = Console()
 err = Console(stderr=True)
 
 
-def _threads(threads: int) -> None:
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
 def _truth(experiment):
     from align_da_ops.data.sources import layout_of, open_states, read_normalization
     from align_da_ops.evaluation import acc_climatology
@@ -28,6 +21,16 @@ def _truth(experiment):
     train = experiment.splits.train
     return truth, read_normalization(experiment.nature_run.output), acc_climatology(
         truth, layout_of(experiment), train.start, train.end)
+
+
+def _load(suite_file: Path, threads: int):
+    from align_da_ops.suite import load_suite
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return load_suite(suite_file)
 
 
 def _progress(run, i: int, n: int) -> None:
@@ -45,11 +48,10 @@ def tune_cmd(
     """Cycle every sweep candidate over the validation period; report the tuning score and the best per network."""
     from rich.table import Table
 
-    from align_da_ops.suite import execute, load_suite, tuning_runs
+    from align_da_ops.suite import execute, tuning_runs
     from align_da_ops.suite_scores import tuning_table
 
-    _threads(threads)
-    suite, experiment = load_suite(suite_file)
+    suite, experiment = _load(suite_file, threads)
     runs = tuning_runs(suite, experiment, method or None)
     if not runs:
         out.print("no method of this suite has a sweep")
@@ -79,11 +81,10 @@ def run_cmd(
 ):
     """Run what is missing of the test period (resumable), then score: table, CSV and PNG with 95 % CIs."""
     from align_da_ops import suite_report
-    from align_da_ops.suite import execute, load_suite, scoring_runs
+    from align_da_ops.suite import execute, scoring_runs
     from align_da_ops.suite_scores import collect, compare_methods, summarise
 
-    _threads(threads)
-    suite, experiment = load_suite(suite_file)
+    suite, experiment = _load(suite_file, threads)
     runs = scoring_runs(suite, experiment, method or None)
     if not score_only:
         execute(runs, _progress)

@@ -62,3 +62,15 @@ def test_locked_archive_gives_exit_code_7(tiny_nature_run, tmp_path):
     with Archive.open(archive).locked():
         proc = subprocess.run([sys.executable, "-m", "align_da_ops.cli", "replay", str(campaign)], capture_output=True, text=True)
     assert proc.returncode == 7 and "locked by another engine" in proc.stderr
+
+
+def test_bench_cycling_runs_and_scores_only_the_period_asked(tiny_nature_run, tmp_path):
+    campaign, archive = _campaign(tmp_path, tiny_nature_run)
+    result = runner.invoke(app, ["bench", "cycling", str(campaign), "--end", "2000-01-02T06"])
+    assert result.exit_code == 0, result.output
+    done = Archive.open(archive).done_cycles()
+    assert [str(c) for c in done] == ["2000-01-02T00Z", "2000-01-02T06Z"]  # not the campaign's whole period
+    assert "z500" in result.output and "g500" not in result.output
+    later = runner.invoke(app, ["bench", "cycling", str(campaign), "--start", "2000-01-02T12", "--end", "2000-01-02T12"])
+    assert later.exit_code == 0, later.output
+    assert len(Archive.open(archive).done_cycles()) == 3  # predecessors reused, the asked cycle added
