@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -9,7 +10,7 @@ import typer
 from rich.console import Console
 
 suite_app = typer.Typer(no_args_is_help=True, help="Paired experiment suites: tune on validation, score on test.")
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 230)
 err = Console(stderr=True)
 
 

@@ -95,7 +95,7 @@ def print_tables(console, suite: SuiteConfig, summary: pd.DataFrame, comparisons
     for network in [n.name for n in suite.networks]:
         table = Table(title=f"{suite.name} — {network}: test period, {len(suite.seeds)} seeds, ±95 % CI "
                             f"(moving blocks of {suite.block_days:g} days)")
-        table.add_column("method")
+        table.add_column("method", no_wrap=True)
         present = [(s, lead) for s, lead in TABLE if ((summary.score == s) & (summary.lead_h == lead)).any()]
         for s, lead in present:
             table.add_column(label(s, lead), justify="right")
@@ -198,7 +198,8 @@ def _differences_png(path: Path, suite: SuiteConfig, table: pd.DataFrame) -> Pat
             ax.set_title(f"{network}: {label(s, lead)}", fontsize=9)
             ax.tick_params(axis="x", labelrotation=30, labelsize=7)
             ax.set_ylabel("A − B (seed mean); < 0: A better", fontsize=7)
-    axes[0, 0].legend(fontsize=7)
+    if axes[0, 0].get_legend_handles_labels()[0]:
+        axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
