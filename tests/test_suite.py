@@ -177,3 +177,32 @@ def test_moving_blocks_widen_the_interval_of_correlated_series():
     lo1, hi1 = statistics.bootstrap_interval(x[None], "mse_normalized", block=1, resamples=500)
     lo8, hi8 = statistics.bootstrap_interval(x[None], "mse_normalized", block=20, resamples=500)
     assert hi8 - lo8 > 2 * (hi1 - lo1)
+
+
+def test_desroziers_diagnostics_recover_r_and_b_of_an_optimal_scalar_analysis(tmp_path):
+    """Scalar OI with B = 4, R = 1, K = B/(B+R): E[d_oa d_ob] = R, E[d_ab d_ob] = B, χ²/n = 1 (Desroziers 2005)."""
+    import torch
+
+    from align_da_ops import evaluation, grid
+    from align_da_ops.archive import CycleRecord
+    from align_da_ops.obs.batch import ObsBatch
+
+    layout = grid.StateLayout(("temperature",), (), (500,))
+    lat, lon = grid.gaussian_latitudes(4), grid.longitudes(8)
+    cycle = CycleTime.parse("2000-01-01T00")
+    archive = Archive.create_or_open(tmp_path / "a", "oi", layout, lat, lon, (6,), cycle)
+    rng = np.random.default_rng(0)
+    n, b, r = 40000, 4.0, 1.0
+    d_ob = rng.normal(0.0, np.sqrt(b + r), n)
+    y = 250.0 + rng.normal(0.0, 1.0, n)
+    hx_b = y - d_ob
+    hx_a = hx_b + b / (b + r) * d_ob
+    obs = ObsBatch.from_columns(latitude=np.zeros(n), longitude=np.zeros(n), pressure=np.full(n, 50000.0),
+                                time=np.datetime64("2000-01-01T00:00:00"), variable="temperature", value=y,
+                                error=np.full(n, np.sqrt(r)), obs_type="sonde")
+    zero = torch.zeros(1, 4, 8)
+    archive.write_cycle(CycleRecord(cycle, zero, zero, {6: zero}, obs, hx_b, hx_a, pd.DataFrame(), {}))
+    d = evaluation.desroziers(archive, [cycle], {"temperature_500": b}).iloc[0]
+    assert d["count"] == n
+    assert d["ratio_r"] == pytest.approx(1.0, abs=0.03) and d["ratio_b"] == pytest.approx(1.0, abs=0.03)
+    assert d["chi2_per_n"] == pytest.approx(1.0, abs=0.03) and d["hbh"] == b
