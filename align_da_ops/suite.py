@@ -57,8 +57,10 @@ class SuiteMethod(Frozen):
         default_factory=dict,
         description="Per network name: analysis settings chosen on the validation period (`align-da suite tune`).",
     )
-    sweep: dict[str, list[Any]] = Field(
-        default_factory=dict, description="Analysis field -> candidate values; their grid is tried on validation."
+    sweep: dict[str, list[Any]] | list[dict[str, list[Any]]] = Field(
+        default_factory=dict,
+        description="Analysis field -> candidate values; their grid is tried on validation on top of `tuned`. "
+        "A list of grids: each tried on top of `tuned` (one pass of coordinate descent per `suite tune`).",
     )
 
     def analysis_for(self, network: str, overrides: dict[str, Any] | None = None) -> AnalysisConfig:
@@ -70,11 +72,17 @@ class SuiteMethod(Frozen):
             raise ConfigError(format_validation_errors(exc, f"suite method {self.name!r} ({network})")) from None
 
     def candidates(self) -> list[dict[str, Any]]:
-        """The sweep's grid, one dict of overrides per candidate (empty: no sweep)."""
-        if not self.sweep:
-            return []
-        keys = sorted(self.sweep)
-        return [dict(zip(keys, values)) for values in itertools.product(*(self.sweep[k] for k in keys))]
+        """Every grid's candidates, one dict of overrides each (empty: no sweep)."""
+        grids = self.sweep if isinstance(self.sweep, list) else [self.sweep] if self.sweep else []
+        out = []
+        for grid in grids:
+            keys = sorted(grid)
+            out += [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+        return out
+
+    def setting(self, network: str, overrides: dict[str, Any]) -> dict[str, Any]:
+        """What identifies a candidate's run: its overrides plus the tuned values they leave in force."""
+        return {**self.tuned.get(network, {}), **overrides}
 
     @property
     def observes(self) -> bool:
@@ -177,7 +185,7 @@ def make_run(
     parts = [suite.name, method.name, network.name, f"s{run_seed}", period[:4]]
     path = suite.archive_root / period / method.name / network.name / f"s{run_seed}"
     if overrides:
-        tag = _candidate_tag(overrides)
+        tag = _candidate_tag(method.setting(network.name, overrides))
         parts.append(tag)
         path = path / f"candidate-{tag}"
     campaign = CampaignConfig(

@@ -8,6 +8,7 @@ Files (in the output directory):
   scores.png       per score: methods with 95 % CI bars, one colour per network
   differences.png  per-cycle paired differences (seed mean) of the last method against the others
   rank_histograms.png  rank histograms of ensemble methods (when any)
+  report.md        the stdout tables in Markdown (for a wiki or a README)
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def label(score: str, lead: int = 0) -> str:
     if score in ("mse_normalized", "mae_normalized"):
         text = f"normalised {score[:3].upper()}"
     elif prefix == "imbalance":
-        text = f"imbalance |u−u_g|/|u| {channel} hPa"
+        text = f"imbalance ratio {channel} hPa"
     elif prefix in names:
         variable, _, level = channel.rpartition("_") if channel[-1].isdigit() else (channel, "", "")
         unit = UNITS.get(variable, "") if prefix in ("wrmse", "crps", "bias") else ""
@@ -124,13 +125,41 @@ def print_tables(console, suite: SuiteConfig, summary: pd.DataFrame, comparisons
         console.print(verdicts)
 
 
+def markdown(suite: SuiteConfig, summary: pd.DataFrame, comparisons: pd.DataFrame) -> str:
+    """The per-network score tables (value ±95 % CI half-width) and the verdict tables, in Markdown."""
+    methods = [m.name for m in suite.methods]
+    lines = []
+    for network in [n.name for n in suite.networks]:
+        present = [(s, lead) for s, lead in TABLE if ((summary.score == s) & (summary.lead_h == lead)).any()]
+        lines += [f"**{network}**", "", "| method | " + " | ".join(label(s, lead) for s, lead in present) + " |",
+                  "|---" * (len(present) + 1) + "|"]
+        for m in methods:
+            lines.append(f"| {m} | " + " | ".join(_fmt(_pick(summary, network, m, s, lead)) for s, lead in present) + " |")
+        truth = [_pick(summary, network, methods[0], f"imbalance_truth_{p}", 0) for p in (250, 500, 850)]
+        if all(t is not None for t in truth):
+            lines += ["", f"Truth imbalance 250/500/850 hPa: {' / '.join(f'{t.value:.3f}' for t in truth)}."]
+        sel = comparisons[comparisons.network == network] if not comparisons.empty else comparisons
+        if len(sel):
+            lines += ["", "| A vs B | " + " | ".join(label(s, lead) for s, lead in VERDICT_SCORES) + " |",
+                      "|---" * (len(VERDICT_SCORES) + 1) + "|"]
+            for (a, b), g in sel.groupby(["a", "b"], sort=False):
+                cells = []
+                for s, lead in VERDICT_SCORES:
+                    r = g[(g.score == s) & (g.lead_h == lead)]
+                    cells.append("—" if r.empty else f"{100 * r.iloc[0].relative:+.1f} % {r.iloc[0].verdict}")
+                lines.append(f"| {a} vs {b} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def write_files(out: Path, suite: SuiteConfig, table: pd.DataFrame, summary: pd.DataFrame,
                 comparisons: pd.DataFrame) -> list[Path]:
-    """summary.csv, comparisons.csv and the PNGs; returns the paths written."""
+    """summary.csv, comparisons.csv, report.md and the PNGs; returns the paths written."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "summary.csv", out / "comparisons.csv"]
+    paths = [out / "summary.csv", out / "comparisons.csv", out / "report.md"]
     summary.to_csv(paths[0], index=False, float_format="%.6g")
     comparisons.to_csv(paths[1], index=False, float_format="%.6g")
+    paths[2].write_text(markdown(suite, summary, comparisons))
     paths.append(_scores_png(out / "scores.png", suite, summary))
     if len(suite.methods) > 1:
         paths.append(_differences_png(out / "differences.png", suite, table))
@@ -161,6 +190,10 @@ def _scores_png(path: Path, suite: SuiteConfig, summary: pd.DataFrame) -> Path:
             lo = np.array([r.ci_low if r is not None else np.nan for r in rows])
             hi = np.array([r.ci_high if r is not None else np.nan for r in rows])
             ax.bar(x, v, width, label=network, yerr=np.vstack([v - lo, hi - v]), capsize=3, alpha=0.8)
+        if s.startswith("imbalance_"):
+            truth = _pick(summary, networks[0], methods[0], s.replace("imbalance_", "imbalance_truth_"), lead)
+            if truth is not None:
+                ax.axhline(truth.value, color="k", ls="--", lw=1, label="truth")
         ax.set_xticks(np.arange(len(methods)), methods, rotation=30, ha="right", fontsize=8)
         ax.set_title(label(s, lead), fontsize=9)
         finite = summary[(summary.score == s) & (summary.lead_h == lead)]["value"]

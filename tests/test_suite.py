@@ -93,6 +93,12 @@ def test_suite_expands_into_paired_campaigns(world):
     assert first == experiment.splits.test.start and (last - first).total_seconds() == 6 * 3600
     assert all(r.campaign.start < first and r.campaign.end == last for r in runs)
     assert len(tuning_runs(suite, experiment)) == 2 * 2  # 2 candidates x 2 networks x 1 seed
+    raw = _suite_dict(world)
+    raw["methods"][1]["sweep"] = [{"b_scale": [0.5, 2.0]}, {"length_factor": [0.7]}]  # coordinate descent
+    runs = tuning_runs(SuiteConfig.model_validate(raw), experiment)
+    assert len(runs) == 3 * 2
+    lengths = [r for r in runs if r.overrides == {"length_factor": 0.7}]
+    assert {(r.network, r.campaign.analysis.b_scale) for r in lengths} == {("mask", 1.0), ("stations", 2.0)}
     with pytest.raises(ValueError, match="unknown networks"):
         SuiteConfig.model_validate({**_suite_dict(world), "methods": [
             {"name": "3dvar", "analysis": {"kind": "threedvar"}, "tuned": {"swath": {"b_scale": 2}}}]})
@@ -138,7 +144,8 @@ def test_suite_smoke_run_tunes_scores_and_reports(world, tmp_path):
     text = io.StringIO()
     suite_report.print_tables(Console(file=text, width=300), suite, summary, comparisons)
     files = suite_report.write_files(tmp_path / "report", suite, table, summary, comparisons)
-    assert {p.name for p in files} >= {"summary.csv", "comparisons.csv", "scores.png", "differences.png"}
+    assert {p.name for p in files} >= {"summary.csv", "comparisons.csv", "report.md", "scores.png", "differences.png"}
+    assert "| 3dvar vs free |" in (tmp_path / "report" / "report.md").read_text()
     assert pd.read_csv(files[0]).columns.tolist()[:5] == ["network", "method", "lead_h", "score", "n_cycles"]
     assert "3dvar vs free" in text.getvalue() and "z500 RMSE (m²/s²)" in text.getvalue()
 
