@@ -78,6 +78,7 @@ def run_cmd(
     method: list[str] = typer.Option([], "--method", "-m", help="Only these methods (repeatable)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Report directory (default ARCHIVE_ROOT/report)."),
     score_only: bool = typer.Option(False, help="Score what the archives hold; run nothing."),
+    workers: int = typer.Option(1, help="Processes scoring archives side by side (dask multiprocessing)."),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch's choice)."),
 ):
     """Run what is missing of the test period (resumable), then score: table, CSV and PNG with 95 % CIs."""
@@ -89,7 +90,7 @@ def run_cmd(
     runs = scoring_runs(suite, experiment, method or None)
     if not score_only:
         execute(runs, _progress)
-    table = collect(runs, *_truth(experiment))
+    table = collect(runs, *_truth(experiment), workers=workers)
     summary = suite_report.with_spread_skill(summarise(table, suite), table)
     comparisons = compare_methods(table, suite)
     suite_report.print_tables(out, suite, summary, comparisons)

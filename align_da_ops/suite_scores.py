@@ -55,14 +55,24 @@ def run_table(run: Run, truth, norm, climatology) -> pd.DataFrame:
     return scores.drop(columns=["method"]).assign(method=run.method)[KEYS + [c for c in scores.columns if c not in KEYS + ["method"]]]
 
 
-def collect(runs: list[Run], truth, norm, climatology) -> pd.DataFrame:
-    """The per-cycle table of every run (shared free runs repeated for each network and seed)."""
-    tables, cache = [], {}
+def collect(runs: list[Run], truth, norm, climatology, workers: int = 1) -> pd.DataFrame:
+    """The per-cycle table of every run (shared free runs repeated for each network and seed).
+
+    Each distinct archive is scored once; with `workers` > 1 the archives are scored in that many
+    processes by dask's multiprocessing scheduler (the result does not depend on it).
+    """
+    import dask
+
+    distinct = {}
     for run in runs:
-        key = run.campaign.archive
-        if key not in cache:
-            cache[key] = run_table(run, truth, norm, climatology)
-        tables.append(cache[key].assign(network=run.network, seed=run.seed))
+        distinct.setdefault(run.campaign.archive, run)
+    tasks = [dask.delayed(run_table)(run, truth, norm, climatology) for run in distinct.values()]
+    if workers > 1:
+        scored = dask.compute(*tasks, scheduler="processes", num_workers=workers)
+    else:
+        scored = dask.compute(*tasks, scheduler="synchronous")
+    cache = dict(zip(distinct, scored))
+    tables = [cache[run.campaign.archive].assign(network=run.network, seed=run.seed) for run in runs]
     return pd.concat(tables, ignore_index=True)
 
 
