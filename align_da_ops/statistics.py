@@ -16,6 +16,7 @@ difference with the score's direction: lower is better for errors, higher for AC
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -50,9 +51,13 @@ def aggregate(values: np.ndarray, score: str) -> float:
     return float(verify.over_cycles(np.asarray(values, dtype=np.float64).ravel(), score))
 
 
+@functools.lru_cache(maxsize=32)
 def _resample_indices(n: int, block: int, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, n) cycle indices; cached (read-only): every score of a suite reuses the same resamples."""
     rng = np.random.default_rng(seed)
-    return np.stack([block_indices(n, block, rng) for _ in range(resamples)])
+    out = np.stack([block_indices(n, block, rng) for _ in range(resamples)])
+    out.flags.writeable = False
+    return out
 
 
 def _resampled_aggregates(values: np.ndarray, idx: np.ndarray, score: str) -> np.ndarray:
