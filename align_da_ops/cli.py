@@ -466,6 +466,21 @@ def _print_mapping(title: str, mapping: dict) -> None:
     out.print(table)
 
 
+def _usage_error_types() -> tuple[type, ...]:
+    """Click's exception base, and typer's own copy of it (typer >= 0.29 vendors click)."""
+    types: list[type] = []
+    vendored = getattr(getattr(typer, "_click", None), "exceptions", None)
+    if vendored is not None:
+        types.append(vendored.ClickException)
+    try:
+        import click
+
+        types.append(click.ClickException)
+    except ImportError:
+        pass
+    return tuple(types)
+
+
 def main() -> None:
     try:
         code = app(standalone_mode=False)
@@ -475,10 +490,8 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         print("aborted", file=sys.stderr)
         sys.exit(130)
-    except Exception as exc:  # click usage errors come through here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:  # usage errors come through here in non-standalone mode
+        if isinstance(exc, _usage_error_types()):
             exc.show()
             sys.exit(exc.exit_code)
         raise

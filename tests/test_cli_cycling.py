@@ -74,3 +74,10 @@ def test_bench_cycling_runs_and_scores_only_the_period_asked(tiny_nature_run, tm
     later = runner.invoke(app, ["bench", "cycling", str(campaign), "--start", "2000-01-02T12", "--end", "2000-01-02T12"])
     assert later.exit_code == 0, later.output
     assert len(Archive.open(archive).done_cycles()) == 3  # predecessors reused, the asked cycle added
+
+
+def test_usage_errors_exit_2_without_a_traceback():
+    result = subprocess.run([sys.executable, "-m", "align_da_ops.cli", "replay", "--bogus"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "No such option" in result.stderr
