@@ -37,7 +37,7 @@ def archive_scores(
     (lead 6 h is the next cycle's background). Columns: wrmse_, bias_ (and acc_ with a climatology) per
     channel, latitude-weighted mse/mae_normalized (with `norm`), `imbalance_<level>` and
     `imbalance_truth_<level>` (`verify.imbalance_ratio`), and for archives that store members, at
-    lead 0, `ensemble_scores`. Computed batched over cycles, one lead at a time.
+    lead 0, `ensemble_scores`. Computed batched over cycles (`verify.score_columns`), one lead at a time.
     """
     layout, lat, lon = archive.layout, archive.lat, archive.lon
     cycles = [c for c in archive.done_cycles()
@@ -61,7 +61,7 @@ def archive_scores(
             continue
         x = analysis[keep] if lead == 0 else _stack(forecast.sel(lead=lead).isel({grid.TIME: np.flatnonzero(keep)}), layout)
         x_true = _stack(truth.sel({grid.TIME: valid[keep]}), layout)
-        columns = _state_columns(x, x_true, lat, layout.channels, norm, climatology)
+        columns = verify.score_columns(x, x_true, lat, layout.channels, norm=norm, climatology=climatology)
         for p in levels:
             columns[f"imbalance_{p}"] = verify.imbalance_ratio(x, layout, lat, lon, p)
             columns[f"imbalance_truth_{p}"] = verify.imbalance_ratio(x_true, layout, lat, lon, p)
@@ -72,22 +72,6 @@ def archive_scores(
     return verify.scores_table(pd.concat(frames, ignore_index=True).to_dict("records"))
 
 
-def _state_columns(x, truth, lat, channels, norm, climatology) -> dict[str, torch.Tensor]:
-    """`verify.state_scores` for a batch (T, C, lat, lon): {name: (T,) tensor}."""
-    out = _per_channel("wrmse", verify.wrmse(x, truth, lat), channels)
-    out |= _per_channel("bias", verify.bias(x, truth, lat), channels)
-    if climatology is not None:
-        out |= _per_channel("acc", verify.acc(x, truth, climatology, lat), channels)
-    if norm is not None:
-        out["mse_normalized"] = verify.normalized_mse(x, truth, norm, lat)
-        out["mae_normalized"] = verify.normalized_mae(x, truth, norm, lat)
-    return out
-
-
-def _per_channel(score: str, values: torch.Tensor, channels) -> dict[str, torch.Tensor]:
-    return {f"{score}_{c}": values[:, i] for i, c in enumerate(channels)}
-
-
 RANK_HISTOGRAM_CHANNELS = ("geopotential_500", "temperature_850")
 
 
@@ -96,9 +80,9 @@ def ensemble_scores(members: torch.Tensor, truth: torch.Tensor, lat, channels) -
     ensrmse_ (RMSE of the members' mean) per channel, n_members, and rankhist_<channel>_<k> (rank
     frequencies of the truth for `RANK_HISTOGRAM_CHANNELS`)."""
     ss = verify.spread_skill(members, truth, lat, member_dim=1, corrected=False)
-    out = _per_channel("crps", verify.crps(members, truth, lat, member_dim=1), channels)
-    out |= _per_channel("spread", ss["spread"], channels)
-    out |= _per_channel("ensrmse", ss["skill"], channels)
+    out = verify.channel_columns("crps", verify.crps(members, truth, lat, member_dim=1), channels)
+    out |= verify.channel_columns("spread", ss["spread"], channels)
+    out |= verify.channel_columns("ensrmse", ss["skill"], channels)
     out["n_members"] = torch.full((members.shape[0],), float(members.shape[1]))
     ranks = verify.rank_histogram(members, truth, lat, member_dim=1)  # (T, C, N+1)
     for name in RANK_HISTOGRAM_CHANNELS:

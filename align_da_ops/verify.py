@@ -215,13 +215,36 @@ def normalized_mae(x, truth, norm: Normalization, lat=None) -> torch.Tensor:
     return spatial_mean((norm.normalize(x) - norm.normalize(truth)).abs(), lat).mean(-1)
 
 
-# -- named scores for one state, and the tidy table -------------------------------------------------
+# -- named scores, and the tidy table -----------------------------------------------------------------
 def channel_scores(score: str, values: torch.Tensor, channels: Sequence[str]) -> dict[str, float]:
     """{"<score>_<channel>": value} from a (C,) tensor, e.g. wrmse_geopotential_500."""
     values = torch.as_tensor(values)
     if values.shape != (len(channels),):
         raise SchemaError(f"{score}: {tuple(values.shape)} values for {len(channels)} channels")
-    return {f"{score}_{c}": float(v) for c, v in zip(channels, values.tolist())}
+    return {k: float(v) for k, v in channel_columns(score, values, channels).items()}
+
+
+def channel_columns(score: str, values: torch.Tensor, channels: Sequence[str]) -> dict[str, torch.Tensor]:
+    """{"<score>_<channel>": (*lead,) tensor} from a (*lead, C) tensor."""
+    return {f"{score}_{c}": values[..., i] for i, c in enumerate(channels)}
+
+
+def score_columns(
+    x, truth, lat, channels: Sequence[str], *, norm: Normalization | None = None, climatology=None
+) -> dict[str, torch.Tensor]:
+    """The standard score set for states (*lead, C, lat, lon) as {name: (*lead,) tensor}: wrmse_/bias_ per
+    channel; acc_ with a climatology; mse_normalized / mae_normalized (latitude-weighted) with a `Normalization`."""
+    x = torch.as_tensor(x)
+    if x.ndim < 3 or x.shape[-3] != len(channels):
+        raise SchemaError(f"states must be (..., channel={len(channels)}, lat, lon); got {tuple(x.shape)}")
+    out = channel_columns("wrmse", wrmse(x, truth, lat), channels)
+    out |= channel_columns("bias", bias(x, truth, lat), channels)
+    if climatology is not None:
+        out |= channel_columns("acc", acc(x, truth, climatology, lat), channels)
+    if norm is not None:
+        out["mse_normalized"] = normalized_mse(x, truth, norm, lat)
+        out["mae_normalized"] = normalized_mae(x, truth, norm, lat)
+    return out
 
 
 def state_scores(
@@ -234,18 +257,11 @@ def state_scores(
     climatology=None,
     members=None,
 ) -> dict[str, float]:
-    """The standard score set for one state (C, lat, lon): wrmse_/bias_ per channel; acc_ with a
-    climatology; mse_normalized / mae_normalized with a `Normalization`; spread_/ssr_ with members (N, C, lat, lon)."""
+    """`score_columns` for one state (C, lat, lon) as floats; spread_/ssr_ with members (N, C, lat, lon)."""
     x = torch.as_tensor(x)
     if x.ndim != 3 or x.shape[0] != len(channels):
         raise SchemaError(f"state must be (channel={len(channels)}, lat, lon); got {tuple(x.shape)}")
-    out = channel_scores("wrmse", wrmse(x, truth, lat), channels)
-    out |= channel_scores("bias", bias(x, truth, lat), channels)
-    if climatology is not None:
-        out |= channel_scores("acc", acc(x, truth, climatology, lat), channels)
-    if norm is not None:
-        out["mse_normalized"] = float(normalized_mse(x, truth, norm, lat))
-        out["mae_normalized"] = float(normalized_mae(x, truth, norm, lat))
+    out = {k: float(v) for k, v in score_columns(x, truth, lat, channels, norm=norm, climatology=climatology).items()}
     if members is not None:
         ss = spread_skill(members, truth, lat)
         out |= channel_scores("spread", ss["spread"], channels)
