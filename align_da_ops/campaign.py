@@ -15,6 +15,7 @@ from typing import Annotated, Literal, Union
 from pydantic import Field, model_validator
 
 from align_da_ops.analysis.latent_diffusion import LatentDiffusionConfig
+from align_da_ops.analysis.letkf import LETKFConfig
 from align_da_ops.analysis.threedvar import ThreeDVarConfig
 from align_da_ops.config import ExperimentConfig, Frozen, load_config, load_yaml_model
 from align_da_ops.obs.config import ObservationsConfig
@@ -27,7 +28,9 @@ class BackgroundOnlyConfig(Frozen):
     kind: Literal["background_only"] = "background_only"
 
 
-AnalysisConfig = Annotated[Union[BackgroundOnlyConfig, ThreeDVarConfig, LatentDiffusionConfig], Field(discriminator="kind")]
+AnalysisConfig = Annotated[
+    Union[BackgroundOnlyConfig, ThreeDVarConfig, LatentDiffusionConfig, LETKFConfig], Field(discriminator="kind")
+]
 
 
 class DynamicalCoreForecastConfig(Frozen):
@@ -56,11 +59,32 @@ ForecastConfig = Annotated[
 ]
 
 
+class ClimatologicalPerturbations(Frozen):
+    """Members = start state + scale/√2 × (difference of two random training-split states), centred."""
+
+    kind: Literal["climatological"] = "climatological"
+    scale: float = Field(default=1.0, gt=0, le=10, description="Perturbation std in units of the climatological std.")
+
+
+class CovariancePerturbations(Frozen):
+    """Members = start state + scale × B^{1/2} v, v ~ N(0, I), centred (B: an NMC `.npz`, e.g. the shipped one)."""
+
+    kind: Literal["covariance"] = "covariance"
+    covariance: Path = Field(description="B file (.npz from `SpectralCovariance.save`).")
+    scale: float = Field(default=1.0, gt=0, le=10, description="Multiplies the perturbations (std).")
+
+
+PerturbationConfig = Annotated[Union[ClimatologicalPerturbations, CovariancePerturbations], Field(discriminator="kind")]
+
+
 class NatureRunOffsetStart(Frozen):
-    """Cold start from the truth `offset_days` earlier: a realistic state unrelated to the truth at start."""
+    """Cold start from the truth `offset_days` earlier: a realistic state unrelated to the truth at start.
+
+    Cycled ensembles (LETKF) start from that state plus `perturbations`, seeded per member."""
 
     kind: Literal["truth_offset"] = "truth_offset"
-    offset_days: float = Field(default=10.0, gt=0, description="Days between the start state's valid time and start.")
+    offset_days: float = Field(default=10.0, gt=0, le=36500, description="Days between the start state's valid time and start.")
+    perturbations: PerturbationConfig = Field(default_factory=ClimatologicalPerturbations)
 
 
 ColdStartConfig = Annotated[Union[NatureRunOffsetStart], Field(discriminator="kind")]

@@ -13,7 +13,9 @@ import xarray as xr
 
 import align_da_ops
 from align_da_ops import grid
-from align_da_ops.analysis.base import AnalysisMethod, BackgroundOnly
+from align_da_ops.analysis.base import AnalysisMethod, BackgroundOnly, EnsembleAnalysisMethod
+from align_da_ops.analysis.covariance import SpectralCovariance
+from align_da_ops.analysis.letkf import LETKF
 from align_da_ops.analysis.threedvar import ThreeDVar
 from align_da_ops.archive import Archive
 from align_da_ops.campaign import CampaignConfig
@@ -48,6 +50,12 @@ class CycleContext:
     initial_state: Callable[[], torch.Tensor]
     device: torch.device
     provenance: dict
+    initial_ensemble: Callable[[list[torch.Generator]], torch.Tensor] | None = None  # cycled ensembles only
+
+    @property
+    def cycles_ensemble(self) -> bool:
+        """True when the method updates a cycled ensemble (each member advanced by the forecast model)."""
+        return isinstance(self.method, EnsembleAnalysisMethod)
 
 
 class ObservationSource:
@@ -92,12 +100,14 @@ def build_model(campaign: CampaignConfig, experiment: ExperimentConfig, layout, 
     return DynamicalCoreModel(nr.build_core(experiment.nature_run, device), layout)
 
 
-def build_method(campaign: CampaignConfig, experiment: ExperimentConfig, layout, lat, lon, device) -> AnalysisMethod:
+def build_method(campaign: CampaignConfig, experiment: ExperimentConfig, layout, lat, lon, device) -> AnalysisMethod | EnsembleAnalysisMethod:
     cfg = campaign.analysis
     if cfg.kind == "background_only":
         return BackgroundOnly()
     if cfg.kind == "latent_diffusion":
         return build_latent_diffusion(cfg, experiment, layout, device)
+    if cfg.kind == "letkf":
+        return LETKF(cfg, layout.channels, layout.levels, lat, lon)
     return ThreeDVar.from_config(cfg, layout.channels, lat, lon)
 
 
@@ -121,7 +131,8 @@ def build_context(campaign: CampaignConfig, experiment: ExperimentConfig) -> Cyc
     truth = states if experiment.data.kind == "nature_run" else None
     method = build_method(campaign, experiment, layout, lat, lon, device)
     n_members = getattr(method, "members", 1)
-    stored = n_members if n_members > 1 and getattr(campaign.analysis, "store_members", False) else 0
+    cycled = isinstance(method, EnsembleAnalysisMethod)  # its members are the next cycle's background: always stored
+    stored = n_members if n_members > 1 and (cycled or getattr(campaign.analysis, "store_members", False)) else 0
     archive = Archive.create_or_open(
         campaign.archive, campaign.name, layout, lat, lon, campaign.leads_hours, campaign.first, stored,
         ensemble=n_members > 1,
@@ -134,6 +145,10 @@ def build_context(campaign: CampaignConfig, experiment: ExperimentConfig) -> Cyc
         except KeyError:
             raise InputDataError(f"cold start needs a state valid at {when.isoformat()}; the data does not have it") from None
         return layout.to_tensor(snap)[0].to(device)
+
+    def initial_ensemble(generators: list[torch.Generator]) -> torch.Tensor:
+        perturbations = cold_start_perturbations(campaign, experiment, states, layout, lat, lon, generators)
+        return initial_state()[None] + perturbations.to(device)
 
     model = build_model(campaign, experiment, layout, device)
     provenance = {
@@ -155,7 +170,34 @@ def build_context(campaign: CampaignConfig, experiment: ExperimentConfig) -> Cyc
     return CycleContext(
         campaign, experiment, layout, lat, lon, archive, model, method,
         ObservationSource(campaign, experiment, truth), GridInterpolator(layout, lat, lon), initial_state, device, provenance,
+        initial_ensemble if cycled else None,
     )
+
+
+def cold_start_perturbations(campaign: CampaignConfig, experiment: ExperimentConfig, states: xr.Dataset, layout, lat, lon,
+                             generators: list[torch.Generator]) -> torch.Tensor:
+    """(members, channel, lat, lon) perturbations with zero mean, one generator per member (see `cold_start`)."""
+    cfg = campaign.cold_start.perturbations
+    if cfg.kind == "covariance":
+        cov = SpectralCovariance.load(cfg.covariance)
+        if cov.channels != tuple(layout.channels) or cov.grid_shape[1:] != (len(lat), len(lon)):
+            raise ConfigError(f"cold-start covariance {cfg.covariance} is for another state layout or grid")
+        op = cov.operator(dtype=torch.float64)
+        draws = torch.stack([op.sqrt(torch.randn(op.control_shape, generator=g, dtype=torch.float64)) for g in generators])
+        draws = draws * cfg.scale
+    else:
+        train = experiment.splits.train
+        pool = states.sel({grid.TIME: slice(np.datetime64(train.start, "ns"), np.datetime64(train.end, "ns"))})
+        n = pool.sizes[grid.TIME]
+        if n < 2:
+            raise InputDataError(f"climatological cold-start perturbations need >= 2 training states; the data has {n}")
+        draws = []
+        for g in generators:
+            i, j = torch.randperm(n, generator=g)[:2].tolist()
+            pair, _ = layout.to_tensor(pool.isel({grid.TIME: [i, j]}).load(), dtype=torch.float64)
+            draws.append((pair[0] - pair[1]) * (cfg.scale / np.sqrt(2.0)))
+        draws = torch.stack(draws)
+    return (draws - draws.mean(0)).float()
 
 
 def member_seed(experiment: str, base_seed: int, cycle: CycleTime, member: int) -> int:

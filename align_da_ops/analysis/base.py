@@ -41,6 +41,20 @@ class AnalysisMethod(Protocol):
     ) -> AnalysisResult: ...
 
 
+@runtime_checkable
+class EnsembleAnalysisMethod(Protocol):
+    """A method that updates a cycled ensemble (the LETKF): the engine advances each of its `members`
+    with the forecast model and passes the background ensemble (members, channel, lat, lon) to
+    `analyse_members`; the result must carry the analysis members (their mean is the analysis)."""
+
+    name: str
+    members: int
+
+    def analyse_members(
+        self, members: torch.Tensor, obs: ObsBatch, operator: PreparedOperator, generators: Sequence[torch.Generator]
+    ) -> AnalysisResult: ...
+
+
 class BackgroundOnly:
     """No assimilation: the analysis is the background (the free-running reference)."""
 
