@@ -189,8 +189,9 @@ def cold_start_perturbations(campaign: CampaignConfig, experiment: ExperimentCon
         train = experiment.splits.train
         pool = states.sel({grid.TIME: slice(np.datetime64(train.start, "ns"), np.datetime64(train.end, "ns"))})
         n = pool.sizes[grid.TIME]
-        if n < 2:
-            raise InputDataError(f"climatological cold-start perturbations need >= 2 training states; the data has {n}")
+        if n <= len(generators):
+            raise InputDataError(f"climatological cold-start perturbations for {len(generators)} members need more "
+                                 f"training-split states than members; the data has {n} (use kind: covariance)")
         draws = []
         for g in generators:
             i, j = torch.randperm(n, generator=g)[:2].tolist()
