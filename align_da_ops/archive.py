@@ -5,22 +5,32 @@ Layout of an archive directory:
   grid.zarr/<product>/    xarray datasets in the state schema with a `time` (cycle) axis:
                           background, analysis, spread (ensembles), forecast (+`lead`), members (+`member`)
   obs/<YYYYMMDDHH>.nc     observation table with QC flags, H(x_b), H(x_a) and the O-B/O-A statistics
-  cycles/<YYYYMMDDHH>.json  the done flag, holding the cycle's provenance; written last, atomically
-  .lock                   held (flock) by the one engine writing here
+  cycles/<YYYYMMDDHH>.json  the done flag, holding the cycle's provenance and the SHA-256 of every
+                          product slab and of the obs file it wrote; written last, atomically
+  .lock                   the writer's pid (the lock itself is an flock on the archive directory)
 
-Contracts: `write_cycle` writes data first and the done flag last, so a crash
-never leaves a cycle marked done with partial data; a done cycle is never
-rewritten unless `force=True` (which first removes the flag). The time axis
-grows in blocks as cycles beyond it arrive. Readers see lazy dask arrays.
+Crash consistency by construction: every write before the done flag is idempotent and is
+redone by the next attempt at that cycle. Product groups are created from templates with
+no data (unwritten chunks read as NaN); the time axis grows by resizing each array and then
+rewriting the time coordinate, and an archive whose groups disagree (a kill between two
+of those steps) is completed on the next write; a group left incomplete by a kill during
+its creation is recreated (only while no cycle is done). Product slabs are region writes,
+the obs file and the done flag are atomic renames. A done cycle is never rewritten unless
+`force=True` (which first removes the flag). Reading a done cycle's product or obs file
+verifies its checksum: missing or corrupt data is an `ArchiveCorruptError`, never NaN.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
+import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -31,12 +41,17 @@ import torch
 import xarray as xr
 
 from align_da_ops import grid
-from align_da_ops.errors import ArchiveError, InputDataError
+from align_da_ops.errors import ArchiveCorruptError, ArchiveError, ArchiveLockedError, InputDataError
+from align_da_ops.logs import get_logger
 from align_da_ops.obs.batch import COLUMNS, ObsBatch
 from align_da_ops.times import CycleTime
 
 PRODUCTS = ("background", "analysis", "spread", "forecast", "members")
 GROW_CYCLES = 120  # time-axis growth block (30 days)
+SIX_HOURS = np.timedelta64(6, "h")
+FLAG_NAME = re.compile(r"^\d{10}\.json$")
+
+log = get_logger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,54 +138,85 @@ class Archive:
     # -- locking -------------------------------------------------------------------
     @contextlib.contextmanager
     def locked(self):
-        """Exclusive writer lock; a second engine gets ArchiveError at once (released even on kill -9)."""
+        """Exclusive writer lock: an flock on the archive directory itself, so deleting `.lock` (which only
+        records the holder's pid) cannot let a second engine in; released even on kill -9."""
         self.root.mkdir(parents=True, exist_ok=True)
-        fh = open(self.root / ".lock", "a+")
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            fh.seek(0)
-            owner = fh.read().strip() or "unknown"
-            fh.close()
-            raise ArchiveError(f"archive {self.root} is locked by another engine (pid {owner})") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
+            os.close(fd)
+            try:
+                owner = (self.root / ".lock").read_text().strip() or "unknown"
+            except OSError:
+                owner = "unknown"
+            raise ArchiveLockedError(f"archive {self.root} is locked by another engine (pid {owner})") from None
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise ArchiveError(f"the filesystem of {self.root} does not support flock ({exc.strerror}); "
+                                   "put archives on a local or lock-capable filesystem") from None
+            raise
         try:
+            _atomic_write_text(self.root / ".lock", str(os.getpid()))
             yield self
         finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-            fh.close()
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
     # -- done flags ----------------------------------------------------------------
     def _flag(self, cycle: CycleTime) -> Path:
         return self.root / "cycles" / f"{cycle.compact}.json"
 
+    def _read_flag(self, cycle: CycleTime) -> dict | None:
+        """The flag's provenance; None when absent or unreadable (a flag is written atomically, so an
+        unreadable one was not written by the engine: the cycle counts as not done, with a warning)."""
+        path = self._flag(cycle)
+        try:
+            flag = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            log.warning("done_flag_unreadable", path=str(path), error=str(exc))
+            return None
+        if not isinstance(flag, dict):
+            log.warning("done_flag_unreadable", path=str(path), error="not a JSON object")
+            return None
+        return flag
+
     def is_done(self, cycle: CycleTime) -> bool:
-        return self._flag(cycle).exists()
+        return self._read_flag(cycle) is not None
 
     def done_cycles(self) -> list[CycleTime]:
+        """Cycles with a valid done flag; other files in cycles/ are ignored (with a warning)."""
         folder = self.root / "cycles"
         if not folder.exists():
             return []
-        return sorted(CycleTime.parse(p.stem) for p in folder.glob("*.json"))
+        out = []
+        for path in folder.iterdir():
+            if not FLAG_NAME.match(path.name):
+                if not path.name.endswith(".tmp"):
+                    log.warning("stray_file_in_cycles", path=str(path))
+                continue
+            try:
+                cycle = CycleTime.parse(path.stem)
+            except ValueError:
+                log.warning("stray_file_in_cycles", path=str(path))
+                continue
+            if self.is_done(cycle):
+                out.append(cycle)
+        return sorted(out)
 
     def provenance(self, cycle: CycleTime) -> dict:
-        if not self.is_done(cycle):
+        flag = self._read_flag(cycle)
+        if flag is None:
             raise ArchiveError(f"cycle {cycle} is not done in {self.root}")
-        return json.loads(self._flag(cycle).read_text())
+        return flag
 
     # -- gridded products ------------------------------------------------------------
     @property
     def grid_store(self) -> Path:
         return self.root / "grid.zarr"
-
-    def _time_axis(self) -> np.ndarray | None:
-        path = self.grid_store / "analysis"
-        if not path.exists():
-            return None
-        return xr.open_zarr(self.grid_store, group="analysis", consolidated=False)[grid.TIME].values
 
     def _template(self, product: str, times: np.ndarray) -> xr.Dataset:
         import dask.array as da
@@ -209,36 +255,95 @@ class Archive:
         return out
 
     def _ensure_time(self, cycle: CycleTime) -> int:
-        """Index of `cycle` on the time axis, growing the axis (NaN-filled) when needed."""
-        times = self._time_axis()
-        t = cycle.as_numpy()
-        if times is None:
-            start = np.datetime64(self.meta["first_cycle"], "ns")
-            if t < start:
-                raise ArchiveError(f"cycle {cycle} precedes the archive's first cycle {self.meta['first_cycle']}")
-            n = int((t - start) // np.timedelta64(6, "h")) + GROW_CYCLES
-            new = start + np.arange(n) * np.timedelta64(6, "h")
-            for product in self._products():
-                self._template(product, new).to_zarr(self.grid_store, group=product, mode="w", compute=False,
-                                                      zarr_format=3, consolidated=False)
-            times = new
-        if t < times[0]:
-            raise ArchiveError(f"cycle {cycle} precedes the archive's first cycle {times[0]}")
-        if t > times[-1]:
-            n = int((t - times[-1]) // np.timedelta64(6, "h")) + GROW_CYCLES
-            new = times[-1] + (1 + np.arange(n)) * np.timedelta64(6, "h")
-            for product in self._products():
-                self._template(product, new).to_zarr(self.grid_store, group=product, append_dim=grid.TIME,
-                                                      consolidated=False)
-            times = np.concatenate([times, new])
-        return int((t - times[0]) // np.timedelta64(6, "h"))
+        """Index of `cycle` on the time axis; creates, completes or grows every product group first.
 
-    def _write_product(self, product: str, tensor: torch.Tensor, index: int, lead_dims=(), coords=None) -> None:
+        Idempotent: whatever step a kill interrupted (a group half-created, some arrays resized and
+        others not, the time coordinate not yet rewritten), the next call finishes it."""
+        start = np.datetime64(self.meta["first_cycle"], "ns")
+        t = cycle.as_numpy()
+        if t < start:
+            raise ArchiveError(f"cycle {cycle} precedes the archive's first cycle {self.meta['first_cycle']}")
+        index = int((t - start) // SIX_HOURS)
+        states = {product: self._group_state(product) for product in self._products()}
+        current = max((n for n, _ in states.values() if n is not None), default=0)
+        target = current if index < current else index + GROW_CYCLES
+        for product, (n, consistent) in states.items():
+            if n is None:
+                self._create_group(product, target)
+            elif n < target or not consistent:
+                self._grow_group(product, target)
+        return index
+
+    def _group_state(self, product: str) -> tuple[int | None, bool]:
+        """(length, consistent) of a product group: length None when the group is absent or incomplete;
+        consistent when every time-dimensioned array has that length and the time coordinate is right."""
+        import zarr
+
+        try:
+            group = zarr.open_group(self.grid_store, path=product, mode="r", zarr_format=3)
+            arrays = dict(group.arrays())
+        except Exception:  # absent or unreadable metadata
+            return None, False
+        expected = set(self.layout.upper_air + self.layout.surface) | {grid.TIME}
+        if not expected <= set(arrays):
+            return None, False
+        lengths = {name: a.shape[0] for name, a in arrays.items() if (a.metadata.dimension_names or ("",))[0] == grid.TIME}
+        n = min(lengths.values())
+        if len(set(lengths.values())) > 1:
+            return n, False
+        try:
+            consistent = bool(np.array_equal(arrays[grid.TIME][:], self._time_values(arrays[grid.TIME].attrs, n)))
+        except ArchiveError:
+            raise
+        except Exception:
+            consistent = False
+        return n, consistent
+
+    def _time_values(self, attrs, n: int) -> np.ndarray:
+        """The stored (encoded) time coordinate of n cycles: hours since the units' epoch."""
+        units = str(attrs.get("units", ""))
+        if not units.startswith("hours since "):
+            raise ArchiveCorruptError(f"archive {self.root}: time coordinate has units {units!r}; expected 'hours since ...'")
+        epoch = np.datetime64(pd.Timestamp(units[len("hours since "):]).to_datetime64(), "ns")
+        start = np.datetime64(self.meta["first_cycle"], "ns")
+        offset = int((start - epoch) // np.timedelta64(1, "h"))
+        return offset + 6 * np.arange(n, dtype=np.int64)
+
+    def _create_group(self, product: str, length: int) -> None:
+        path = self.grid_store / product
+        if path.exists():
+            if self.done_cycles():
+                raise ArchiveCorruptError(f"archive {self.root}: product group {product!r} is incomplete although cycles "
+                                          "are done; restore it or start a new archive")
+            shutil.rmtree(path)  # left half-created by a kill before any cycle was done: redo
+        start = np.datetime64(self.meta["first_cycle"], "ns")
+        times = start + np.arange(length) * SIX_HOURS
+        encoding = {grid.TIME: {"units": f"hours since {pd.Timestamp(start).isoformat(sep=' ')}", "dtype": "int64"}}
+        self._template(product, times).to_zarr(self.grid_store, group=product, mode="w", compute=False, zarr_format=3,
+                                               consolidated=False, encoding=encoding)
+
+    def _grow_group(self, product: str, length: int) -> None:
+        """Resize every time-dimensioned array to `length` (new chunks read as NaN), time coordinate last."""
+        import zarr
+
+        group = zarr.open_group(self.grid_store, path=product, mode="r+", zarr_format=3)
+        arrays = dict(group.arrays())
+        for name, array in arrays.items():
+            if name != grid.TIME and (array.metadata.dimension_names or ("",))[0] == grid.TIME and array.shape[0] != length:
+                array.resize((length, *array.shape[1:]))
+        time_array = arrays[grid.TIME]
+        if time_array.shape[0] != length:
+            time_array.resize((length,))
+        time_array[:] = self._time_values(time_array.attrs, length)
+
+    def _write_product(self, product: str, tensor: torch.Tensor, index: int, lead_dims=(), coords=None) -> str:
+        """Write one cycle's slab (a region write: redoing it is idempotent); returns its checksum."""
         x = tensor.detach().to("cpu", torch.float32).numpy()[None]
         ds = self._dataset(x, (grid.TIME, *lead_dims), coords or {})
         ds = ds.drop_vars([grid.LAT, grid.LON, grid.LEVEL, *(coords or {})], errors="ignore")
         ds.to_zarr(self.grid_store, group=product, region={grid.TIME: slice(index, index + 1)}, mode="r+",
                    consolidated=False)
+        return _checksum(x[0])
 
     def open_product(self, product: str, dask: bool = True) -> xr.Dataset:
         """Lazy dataset of one product over all cycles (NaN where a cycle is not written).
@@ -256,20 +361,46 @@ class Archive:
             raise InputDataError(f"archive {self.root} has no {product!r} product yet ({type(exc).__name__})") from None
 
     def read_state(self, product: str, cycle: CycleTime, lead: int | None = None) -> torch.Tensor:
-        """(channel, lat, lon) float32 tensor of a done cycle's product."""
-        if not self.is_done(cycle):
+        """(channel, lat, lon) float32 tensor of a done cycle's product (members: (member, channel, lat, lon)),
+        verified against the checksum its done flag recorded."""
+        flag = self._read_flag(cycle)
+        if flag is None:
             raise ArchiveError(f"cycle {cycle} is not done in {self.root}")
-        ds = self.open_product(product).sel({grid.TIME: cycle.as_numpy()})
+        try:
+            ds = self.open_product(product, dask=False).sel({grid.TIME: cycle.as_numpy()}).load()
+        except (InputDataError, KeyError, OSError, ValueError) as exc:
+            raise ArchiveCorruptError(f"archive {self.root}: {product!r} of done cycle {cycle} is unreadable ({exc})") from None
+        x, _ = self.layout.to_tensor(ds)
+        expected = flag.get("checksums", {}).get(product)
+        if expected is not None and _checksum(x.numpy()) != expected:
+            bad = "missing (NaN)" if torch.isnan(x).any() else "altered"
+            raise ArchiveCorruptError(f"archive {self.root}: {product!r} of done cycle {cycle} is {bad}: its checksum does not "
+                                      f"match the done flag; redo the cycle (--force) or restore the archive")
         if lead is not None:
-            ds = ds.sel(lead=lead)
-        x, _ = self.layout.to_tensor(ds.load())
+            if lead not in self.leads:
+                raise ArchiveError(f"archive {self.root} has no {lead} h lead; it has {list(self.leads)}")
+            x = x[self.leads.index(lead)]
         return x
+
+    def verify(self, cycle: CycleTime) -> list[str]:
+        """Problems of one done cycle (empty: every product and the obs file match their checksums)."""
+        problems = []
+        for product in self._products():
+            try:
+                self.read_state(product, cycle)
+            except ArchiveError as exc:
+                problems.append(str(exc))
+        try:
+            self.read_obs(cycle)
+        except (ArchiveError, InputDataError) as exc:
+            problems.append(str(exc))
+        return problems
 
     # -- observations -------------------------------------------------------------------
     def _obs_path(self, cycle: CycleTime) -> Path:
         return self.root / "obs" / f"{cycle.compact}.nc"
 
-    def _write_obs(self, record: CycleRecord) -> None:
+    def _write_obs(self, record: CycleRecord) -> str:
         obs = record.obs
         table = {c: ("location", getattr(obs, c)) for c in COLUMNS}
         table["time"] = ("location", obs.time.astype("datetime64[ns]"))
@@ -285,13 +416,23 @@ class Archive:
         tmp = path.with_suffix(".nc.tmp")
         ds.to_netcdf(tmp, engine="netcdf4")
         os.replace(tmp, path)
+        return _file_checksum(path)
 
     def read_obs(self, cycle: CycleTime) -> tuple[ObsBatch, xr.Dataset, pd.DataFrame]:
         """The cycle's observation batch, the file (with H(x_b), H(x_a)) and its monitoring table."""
-        if not self.is_done(cycle):
+        flag = self._read_flag(cycle)
+        if flag is None:
             raise ArchiveError(f"cycle {cycle} is not done in {self.root}")
-        with xr.open_dataset(self._obs_path(cycle), engine="netcdf4", mask_and_scale=False) as ds:
-            ds = ds.load()
+        path = self._obs_path(cycle)
+        expected = flag.get("checksums", {}).get("obs")
+        try:
+            if expected is not None and _file_checksum(path) != expected:
+                raise ArchiveCorruptError(f"archive {self.root}: obs file {path.name} of done cycle {cycle} does not match "
+                                          "its checksum; redo the cycle (--force) or restore the archive")
+            with xr.open_dataset(path, engine="netcdf4", mask_and_scale=False) as ds:
+                ds = ds.load()
+        except (OSError, ValueError) as exc:
+            raise ArchiveCorruptError(f"archive {self.root}: obs file of done cycle {cycle} is unreadable ({exc})") from None
         cols = {c: ds[c].values for c in COLUMNS}
         cols["time"] = cols["time"].astype("datetime64[s]")
         for c in ("variable", "obs_type", "station"):
@@ -302,29 +443,47 @@ class Archive:
 
     # -- the one writer ------------------------------------------------------------------
     def write_cycle(self, record: CycleRecord, force: bool = False) -> None:
-        """Data first, done flag last. A done cycle is refused unless `force` (which unflags it first)."""
+        """Data first, done flag (with checksums) last. A done cycle is refused unless `force` (which unflags it first)."""
         flag = self._flag(record.cycle)
-        if flag.exists():
+        if self.is_done(record.cycle):
             if not force:
                 raise ArchiveError(f"cycle {record.cycle} is already done in {self.root}; use force to redo it")
             flag.unlink()
+        elif flag.exists():
+            flag.unlink()  # unreadable: not the engine's
         started = time.perf_counter()
         index = self._ensure_time(record.cycle)
-        self._write_product("background", record.background, index)
-        self._write_product("analysis", record.analysis, index)
+        checksums = {
+            "background": self._write_product("background", record.background, index),
+            "analysis": self._write_product("analysis", record.analysis, index),
+        }
         stacked = torch.stack([record.forecasts[lead] for lead in self.leads])
-        self._write_product("forecast", stacked, index, lead_dims=("lead",), coords={"lead": list(self.leads)})
+        checksums["forecast"] = self._write_product("forecast", stacked, index, lead_dims=("lead",), coords={"lead": list(self.leads)})
         if self.ensemble:
             if record.spread is None:
                 raise ArchiveError(f"archive stores the ensemble spread; cycle {record.cycle} brought no ensemble")
-            self._write_product("spread", record.spread, index)
+            checksums["spread"] = self._write_product("spread", record.spread, index)
         if self.n_members:
             if record.members is None or record.members.shape[0] != self.n_members:
                 raise ArchiveError(f"archive stores {self.n_members} members; cycle {record.cycle} brought "
                                    f"{None if record.members is None else record.members.shape[0]}")
-            self._write_product("members", record.members, index, lead_dims=(grid.MEMBER,),
-                                coords={grid.MEMBER: np.arange(self.n_members)})
-        self._write_obs(record)
+            checksums["members"] = self._write_product("members", record.members, index, lead_dims=(grid.MEMBER,),
+                                                       coords={grid.MEMBER: np.arange(self.n_members)})
+        checksums["obs"] = self._write_obs(record)
         provenance = dict(record.provenance)
+        provenance["checksums"] = checksums
         provenance["wall_s"] = {**provenance.get("wall_s", {}), "archive": round(time.perf_counter() - started, 4)}
         _atomic_write_text(flag, json.dumps(provenance, indent=1, sort_keys=True, default=str))
+
+
+def _checksum(x: np.ndarray) -> str:
+    """SHA-256 of a slab's float32 bytes (C order), as written and as read back."""
+    return hashlib.sha256(np.ascontiguousarray(x, dtype=np.float32).tobytes()).hexdigest()
+
+
+def _file_checksum(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -435,6 +435,33 @@ def bench_cycling(
     out.print(table)
 
 
+@bench_app.command("letkf")
+def bench_letkf(
+    config: Path = typer.Argument(Path("config/tiny.yaml"), help="Experiment config (an OSSE)."),
+    members: str = typer.Option("10,20,40", help="Ensemble sizes to time."),
+    length_km: float = typer.Option(2000.0, help="Horizontal localisation half-width (km)."),
+    threads: int = typer.Option(0, help="torch CPU threads (0: torch's choice)."),
+):
+    """Seconds per LETKF analysis and per 6-h member forecast against ensemble size, 3D-Var alongside (CPU; CUDA too)."""
+    import torch
+
+    from align_da_ops.analysis.benchmark import time_letkf
+    from align_da_ops.diffusion.commands import _parse_ints
+
+    if threads:
+        torch.set_num_threads(threads)
+    devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+    rows, n_obs = time_letkf(config, tuple(_parse_ints(members, "--members")), devices, horizontal_length_km=length_km)
+    table = Table(title=f"LETKF vs 3D-Var: seconds per analysis ({n_obs} observations, 1 % mask; torch {torch.__version__}, "
+                        f"{torch.get_num_threads()} CPU threads)")
+    for col in ("device", "method", "members", "s / analysis", "s / 6-h member forecasts", "s / cycle", "analysis / 3D-Var"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["device"], r["method"], str(r["members"]), f"{r['s_analysis']:.3f}", f"{r['s_member_forecasts']:.3f}",
+                      f"{r['s_cycle']:.3f}", f"{r['ratio_to_3dvar']:.2f}")
+    out.print(table)
+
+
 @app.command("pipeline")
 def pipeline(
     config: Path = typer.Argument(Path("config/tiny.yaml"), help="Experiment config (an OSSE)."),

@@ -51,6 +51,18 @@ class ArchiveError(AlignDAError):
     exit_code = 7
 
 
+class ArchiveLockedError(ArchiveError):
+    """Another engine holds the archive's lock."""
+
+    exit_code = 10
+
+
+class ArchiveCorruptError(ArchiveError):
+    """A done cycle's data is missing or does not match the checksums its done flag recorded."""
+
+    exit_code = 11
+
+
 class CycleFailedError(AlignDAError):
     """A cycle's analysis failed its checks (NaN/Inf, collapsed ensemble) and no fallback was allowed."""
 

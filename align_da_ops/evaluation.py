@@ -15,6 +15,7 @@ import xarray as xr
 
 from align_da_ops import grid, verify
 from align_da_ops.archive import Archive
+from align_da_ops.errors import ArchiveCorruptError
 from align_da_ops.times import CycleTime
 
 HEADLINE = (("geopotential", 500), ("temperature", 850), ("u_component_of_wind", 500), ("v_component_of_wind", 500))
@@ -25,6 +26,16 @@ BALANCE_LEVELS = (250, 500, 850)
 
 def _stack(ds: xr.Dataset, layout: grid.StateLayout) -> torch.Tensor:
     return layout.to_tensor(ds.load())[0]
+
+
+def _finite(x: torch.Tensor, archive: Archive, product: str, cycles) -> torch.Tensor:
+    """x (cycle-first) unchanged; a done cycle holding NaN/Inf (a lost chunk) is an ArchiveCorruptError, never a score."""
+    bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
+    if bad.any():
+        names = [str(c) for c, b in zip(cycles, bad.tolist()) if b]
+        raise ArchiveCorruptError(f"archive {archive.root}: {product!r} of done cycles {names[:5]}{' ...' if len(names) > 5 else ''} "
+                                  "holds NaN/Inf (missing chunks?); `align-da archive verify` lists what is damaged")
+    return x
 
 
 def archive_scores(
@@ -46,11 +57,13 @@ def archive_scores(
         return verify.scores_table([])
     times = np.asarray([c.as_numpy() for c in cycles])
     have = truth.indexes[grid.TIME]
-    analysis = _stack(archive.open_product("analysis", dask=False).sel({grid.TIME: times}), layout)
+    analysis = _finite(_stack(archive.open_product("analysis", dask=False).sel({grid.TIME: times}), layout), archive, "analysis", cycles)
     forecast = archive.open_product("forecast", dask=False).sel({grid.TIME: times}).load()
+    _finite(torch.as_tensor(np.concatenate([forecast[v].values.reshape(len(times), -1) for v in forecast.data_vars], 1)),
+            archive, "forecast", cycles)
     members = None
     if archive.n_members:
-        members = _stack(archive.open_product("members", dask=False).sel({grid.TIME: times}), layout)
+        members = _finite(_stack(archive.open_product("members", dask=False).sel({grid.TIME: times}), layout), archive, "members", cycles)
     levels = [p for p in balance_levels if p in layout.levels and "u_component_of_wind" in layout.upper_air
               and "geopotential" in layout.upper_air]
     frames = []
