@@ -49,6 +49,7 @@ from align_da_ops.times import CycleTime
 PRODUCTS = ("background", "analysis", "spread", "forecast", "members")
 GROW_CYCLES = 120  # time-axis growth block (30 days)
 SIX_HOURS = np.timedelta64(6, "h")
+COMPLETE = "align_da_ops_complete"  # group attribute written last when a product group is created
 FLAG_NAME = re.compile(r"^\d{10}\.json$")
 
 log = get_logger(__name__)
@@ -284,9 +285,14 @@ class Archive:
             arrays = dict(group.arrays())
         except Exception:  # absent or unreadable metadata
             return None, False
+        if not group.attrs.get(COMPLETE):
+            if not self.done_cycles():
+                return None, False  # its creation was interrupted
+            self._mark_complete(product)  # written by a version without the marker (cycles are done in it)
         expected = set(self.layout.upper_air + self.layout.surface) | {grid.TIME}
         if not expected <= set(arrays):
-            return None, False
+            raise ArchiveCorruptError(f"archive {self.root}: product group {product!r} lacks arrays "
+                                      f"{sorted(expected - set(arrays))}; restore it or start a new archive")
         lengths = {name: a.shape[0] for name, a in arrays.items() if (a.metadata.dimension_names or ("",))[0] == grid.TIME}
         n = min(lengths.values())
         if len(set(lengths.values())) > 1:
@@ -321,6 +327,12 @@ class Archive:
         encoding = {grid.TIME: {"units": f"hours since {pd.Timestamp(start).isoformat(sep=' ')}", "dtype": "int64"}}
         self._template(product, times).to_zarr(self.grid_store, group=product, mode="w", compute=False, zarr_format=3,
                                                consolidated=False, encoding=encoding)
+        self._mark_complete(product)
+
+    def _mark_complete(self, product: str) -> None:
+        import zarr
+
+        zarr.open_group(self.grid_store, path=product, mode="r+", zarr_format=3).attrs[COMPLETE] = True
 
     def _grow_group(self, product: str, length: int) -> None:
         """Resize every time-dimensioned array to `length` (new chunks read as NaN), time coordinate last."""
