@@ -41,7 +41,7 @@ import torch
 import xarray as xr
 
 from align_da_ops import grid
-from align_da_ops.errors import ArchiveCorruptError, ArchiveError, ArchiveLockedError, InputDataError
+from align_da_ops.errors import ArchiveCorruptError, ArchiveError, ArchiveLockedError, ArchiveWriteError, InputDataError
 from align_da_ops.logs import get_logger
 from align_da_ops.obs.batch import COLUMNS, ObsBatch
 from align_da_ops.times import CycleTime
@@ -124,8 +124,11 @@ class Archive:
                 diff = sorted(k for k in mine if mine[k] != theirs[k])
                 raise ArchiveError(f"archive {root} was made for a different experiment/layout (differs in {diff})")
             return archive
-        root.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(root / "archive.json", json.dumps(meta, indent=1))
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            _atomic_write_text(root / "archive.json", json.dumps(meta, indent=1))
+        except OSError as exc:
+            raise ArchiveWriteError(f"cannot create archive {root}: {exc.strerror or exc}") from None
         return cls(root, meta)
 
     @classmethod
@@ -463,6 +466,15 @@ class Archive:
             flag.unlink()
         elif flag.exists():
             flag.unlink()  # unreadable: not the engine's
+        try:
+            self._write_cycle(record)
+        except OSError as exc:
+            raise ArchiveWriteError(f"cannot write cycle {record.cycle} to {self.root}: {exc.strerror or exc} "
+                                    f"({exc.filename or 'zarr store'}); the cycle is not marked done, rerun it "
+                                    "once the cause is fixed") from None
+
+    def _write_cycle(self, record: CycleRecord) -> None:
+        flag = self._flag(record.cycle)
         started = time.perf_counter()
         index = self._ensure_time(record.cycle)
         checksums = {

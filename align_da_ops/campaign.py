@@ -8,11 +8,11 @@ cold start and the archive. Pydantic v2, frozen, unknown keys refused.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from align_da_ops.analysis.latent_diffusion import LatentDiffusionConfig
 from align_da_ops.analysis.letkf import LETKFConfig
@@ -102,13 +102,35 @@ class CampaignConfig(Frozen):
     analysis: AnalysisConfig = Field(default_factory=BackgroundOnlyConfig)
     forecast_model: ForecastConfig = Field(default_factory=DynamicalCoreForecastConfig)
     cold_start: ColdStartConfig = Field(default_factory=NatureRunOffsetStart)
-    leads_hours: tuple[int, ...] = Field(default=(6, 24, 48), description="Forecast leads archived (must include 6).")
-    archive: Path = Field(description="Archive directory.")
+    leads_hours: tuple[int, ...] = Field(default=(6, 24, 48), description="Forecast leads archived (must include 6; at most 30 days).")
+    archive: Path = Field(description="Archive directory (not a file, not inside the installed package).")
     seed: int = Field(default=0, ge=0, description="Base of every per-cycle, per-member seed.")
     on_failure: Literal["fail", "background"] = Field(
         default="background", description="A failed analysis: stop (fail) or archive the background, flagged."
     )
     cutoff: timedelta = Field(default=timedelta(hours=1), ge=timedelta(0), description="Observation cut-off after cycle time.")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        """Timezone-aware times become naive UTC (the engine's convention), so start and end always compare."""
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value
+
+    @field_validator("archive")
+    @classmethod
+    def _archive_path(cls, value: Path) -> Path:
+        import align_da_ops
+
+        if str(value).strip() in ("", "."):
+            raise ValueError("archive must name a directory; got an empty path")
+        if value.exists() and not value.is_dir():
+            raise ValueError(f"archive {value} exists and is not a directory")
+        package = Path(align_da_ops.__file__).resolve().parent
+        if value.resolve().is_relative_to(package):
+            raise ValueError(f"archive {value} lies inside the installed package {package}")
+        return value
 
     @model_validator(mode="after")
     def _checks(self):
@@ -121,8 +143,8 @@ class CampaignConfig(Frozen):
             raise ValueError("a replay campaign needs an end")
         if not timedelta(0) <= self.cutoff < timedelta(hours=6):
             raise ValueError(f"cutoff must be under 6 h; got {self.cutoff}")
-        if 6 not in self.leads_hours or any(h <= 0 or h % 6 for h in self.leads_hours):
-            raise ValueError(f"leads_hours must be positive multiples of 6 including 6; got {self.leads_hours}")
+        if 6 not in self.leads_hours or any(h <= 0 or h % 6 or h > 720 for h in self.leads_hours):
+            raise ValueError(f"leads_hours must be positive multiples of 6 up to 720 (30 days) including 6; got {self.leads_hours}")
         return self
 
     @property

@@ -71,6 +71,12 @@ def read(path: Path, fmt: str, meta_keys: Sequence[str], how_to_make: str) -> di
     actual = content_hash(ckpt, meta_keys)
     if actual != ckpt["content_hash"]:
         raise CheckpointError(f"{path} is corrupt: content hash {actual} != recorded {ckpt['content_hash']}")
+    state = ckpt["state_dict"]
+    bad = [k for k, v in (state.items() if isinstance(state, dict) else ())
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path} has NaN/Inf weights in {bad[:5]}{' ...' if len(bad) > 5 else ''} (its hash is valid: "
+                              "it was saved that way, e.g. by a diverged training); retrain or use another checkpoint")
     return ckpt
 
 

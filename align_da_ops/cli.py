@@ -20,6 +20,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Cycling data
 config_app = typer.Typer(no_args_is_help=True, help="Validate and show configuration files.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (ratios measured side by side).")
 app.add_typer(config_app, name="config")
+archive_app = typer.Typer(no_args_is_help=True, help="Check cycling archives.")
+app.add_typer(archive_app, name="archive")
 app.add_typer(bench_app, name="bench")
 train_app = typer.Typer(no_args_is_help=True, help="Train models on the configured data's splits.")
 app.add_typer(train_app, name="train")
@@ -48,20 +50,56 @@ app.add_typer(suite_app, name="suite")
 out = Console(width=None if sys.stdout.isatty() else 140)
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        import align_da_ops
+
+        print(f"align-da {align_da_ops.__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _main(
     log_format: logs.LogFormat = typer.Option("console", help="console for people, json for services."),
     log_level: str = typer.Option("INFO", help="DEBUG, INFO, WARNING or ERROR."),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_show_version, help="Print the version and exit."),
 ):
     logs.configure(log_format, log_level)
 
 
 # -- config -------------------------------------------------------------------------
+def config_kind(path: Path) -> str:
+    """'suite', 'campaign' or 'experiment', from the file's top-level keys (ConfigError if not a mapping)."""
+    from align_da_ops.config import read_yaml_mapping
+
+    keys = set(read_yaml_mapping(path, "config"))
+    if {"methods", "networks"} <= keys:
+        return "suite"
+    if {"archive", "config"} <= keys or "analysis" in keys:
+        return "campaign"
+    return "experiment"
+
+
 @config_app.command("validate")
-def config_validate(path: Path):
-    """Check a config file; exit code 2 and the offending fields if it is invalid."""
-    cfg = load_config(path)
-    out.print(f"[green]ok[/green] {path} ({cfg.name}, hash {config_hash(cfg)})")
+def config_validate(paths: list[Path] = typer.Argument(..., help="Experiment configs, campaigns (cycles/*.yaml) or suites.")):
+    """Check config files (experiment, campaign or suite, recognised by their keys); exit 2 naming the
+    offending fields of the first invalid one."""
+    from align_da_ops.campaign import load_campaign
+    from align_da_ops.suite import load_suite
+
+    for path in paths:
+        kind = config_kind(path)
+        if kind == "suite":
+            suite, experiment = load_suite(path)
+            out.print(f"[green]ok[/green] {path} (suite {suite.name}: {len(suite.methods)} methods x {len(suite.networks)} "
+                      f"networks x {len(suite.seeds)} seeds; experiment {experiment.name})")
+        elif kind == "campaign":
+            campaign, experiment = load_campaign(path)
+            out.print(f"[green]ok[/green] {path} (campaign {campaign.name}, {campaign.analysis.kind}; experiment {experiment.name}, "
+                      f"hash {config_hash(campaign)})")
+        else:
+            cfg = load_config(path)
+            out.print(f"[green]ok[/green] {path} (experiment {cfg.name}, hash {config_hash(cfg)})")
 
 
 @config_app.command("show")
@@ -69,6 +107,25 @@ def config_show(path: Path):
     """Print the resolved config (all defaults filled in) as JSON, with its stable hash."""
     cfg = load_config(path)
     print(json.dumps({"hash": config_hash(cfg), "config": resolved(cfg)}, indent=2))
+
+
+# -- archive ------------------------------------------------------------------------
+@archive_app.command("verify")
+def archive_verify(path: Path = typer.Argument(..., help="Archive directory (a campaign's `archive:`).")):
+    """Verify every done cycle's products and obs file against the checksums in its done flag; exit 11 if any differ."""
+    from align_da_ops.archive import Archive
+    from align_da_ops.errors import ArchiveCorruptError
+
+    archive = Archive.open(path)
+    done = archive.done_cycles()
+    problems = {str(c): p for c in done if (p := archive.verify(c))}
+    unchecked = sum(1 for c in done if "checksums" not in archive.provenance(c))
+    for cycle, items in problems.items():
+        for item in items:
+            out.print(f"[red]{cycle}[/red] {item}")
+    out.print(f"{len(done)} done cycles, {len(problems)} damaged" + (f", {unchecked} without checksums (older archive)" if unchecked else ""))
+    if problems:
+        raise ArchiveCorruptError(f"{len(problems)} of {len(done)} done cycles in {path} are damaged: {sorted(problems)[:5]}")
 
 
 # -- nature run -----------------------------------------------------------------------

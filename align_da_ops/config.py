@@ -26,7 +26,7 @@ SurfaceName = Literal[
 
 
 class Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class GridConfig(Frozen):
@@ -207,19 +207,25 @@ def format_validation_errors(err: ValidationError, path: Path) -> str:
     return "\n".join(lines)
 
 
-def load_yaml_model(path: str | Path, model: type[BaseModel], what: str = "config"):
-    """Read a YAML mapping and validate it as `model`; raise ConfigError naming the file, field, value and rule."""
+def read_yaml_mapping(path: str | Path, what: str = "config") -> dict:
+    """The YAML mapping in `path`; ConfigError naming the file when unreadable, not YAML or not a mapping."""
     path = Path(path)
     try:
         text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {what} {path}: {getattr(exc, 'strerror', None) or exc}") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{what} {path} must be a YAML mapping at top level; got {type(raw).__name__}")
+    return raw
+
+
+def load_yaml_model(path: str | Path, model: type[BaseModel], what: str = "config"):
+    """Read a YAML mapping and validate it as `model`; raise ConfigError naming the file, field, value and rule."""
+    raw = read_yaml_mapping(path, what)
     try:
         return model.model_validate(raw)
     except ValidationError as exc:

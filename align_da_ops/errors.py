@@ -63,6 +63,12 @@ class ArchiveCorruptError(ArchiveError):
     exit_code = 11
 
 
+class ArchiveWriteError(ArchiveError):
+    """The operating system refused a write (disk full, file too large, permissions); nothing was marked done."""
+
+    exit_code = 12
+
+
 class CycleFailedError(AlignDAError):
     """A cycle's analysis failed its checks (NaN/Inf, collapsed ensemble) and no fallback was allowed."""
 

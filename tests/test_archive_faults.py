@@ -3,6 +3,7 @@ bitwise; checksums turn lost or altered data into errors; stray flags and a dele
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ import zarr.storage._local as zarr_local
 
 from align_da_ops import archive as archive_module
 from align_da_ops.archive import Archive, CycleRecord
-from align_da_ops.errors import ArchiveCorruptError, ArchiveLockedError
+from align_da_ops.errors import ArchiveCorruptError, ArchiveLockedError, ArchiveWriteError
 from align_da_ops.grid import StateLayout, gaussian_latitudes, longitudes
 from align_da_ops.times import CycleTime
 
@@ -160,3 +161,22 @@ def test_deleting_the_lock_file_does_not_let_a_second_engine_in(tmp_path):
                 pass
     with other.locked():
         pass
+
+
+def test_disk_full_is_a_clear_error_and_loses_nothing(tmp_path, monkeypatch):
+    reference = snapshot(resume(tmp_path / "reference"))
+    real, calls = zarr_local._put, []
+
+    def full(*a, **k):
+        calls.append(1)
+        if len(calls) > 40:
+            raise OSError(errno.ENOSPC, "No space left on device", str(a[0]))
+        return real(*a, **k)
+
+    monkeypatch.setattr(zarr_local, "_put", full)
+    with pytest.raises(ArchiveWriteError, match="No space left on device.*not marked done"):
+        resume(tmp_path / "full")
+    monkeypatch.setattr(zarr_local, "_put", real)
+    archive = new_archive(tmp_path / "full")
+    assert all(not archive.verify(c) for c in archive.done_cycles())  # what is done is intact
+    assert_same(reference, snapshot(resume(tmp_path / "full")))

@@ -56,12 +56,40 @@ def test_replay_resume_cycle_and_inspect(tiny_nature_run, tmp_path):
     assert names == {"analysis.png", "increment.png", "error.png", "rmse_timeseries.png", "omb_histograms.png"}
 
 
-def test_locked_archive_gives_exit_code_7(tiny_nature_run, tmp_path):
+def test_locked_archive_gives_exit_code_10_and_predecessor_not_done_7(tiny_nature_run, tmp_path):
     campaign, archive = _campaign(tmp_path, tiny_nature_run)
     runner.invoke(app, ["replay", str(campaign), "--end", "2000-01-02T00"])
     with Archive.open(archive).locked():
         proc = subprocess.run([sys.executable, "-m", "align_da_ops.cli", "replay", str(campaign)], capture_output=True, text=True)
-    assert proc.returncode == 7 and "locked by another engine" in proc.stderr
+    assert proc.returncode == 10 and "locked by another engine" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "align_da_ops.cli", "cycle", str(campaign), "--at", "2000010212"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 7 and "not done; run cycles in order" in proc.stderr
+
+
+def test_archive_verify_finds_a_lost_chunk(tiny_nature_run, tmp_path):
+    campaign, archive = _campaign(tmp_path, tiny_nature_run)
+    assert runner.invoke(app, ["replay", str(campaign), "--end", "2000-01-02T06"]).exit_code == 0
+    ok = runner.invoke(app, ["archive", "verify", str(archive)])
+    assert ok.exit_code == 0 and "2 done cycles, 0 damaged" in ok.output
+    chunk = archive / "grid.zarr" / "forecast" / "temperature" / "c" / "1"
+    for path in sorted(chunk.rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    proc = subprocess.run([sys.executable, "-m", "align_da_ops.cli", "archive", "verify", str(archive)], capture_output=True, text=True)
+    assert proc.returncode == 11 and "2000-01-02T06Z" in proc.stdout and "'forecast' of done cycle" in proc.stdout
+    resumed = subprocess.run([sys.executable, "-m", "align_da_ops.cli", "replay", str(campaign)], capture_output=True, text=True)
+    assert resumed.returncode == 11 and "missing (NaN)" in resumed.stderr  # the next background is refused, not NaN
+
+
+def test_version_and_validate_recognise_every_config_kind(tiny_nature_run, tmp_path):
+    import align_da_ops
+
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0 and align_da_ops.__version__ in version.output
+    campaign, _ = _campaign(tmp_path, tiny_nature_run)
+    result = runner.invoke(app, ["config", "validate", str(campaign), "cycles/tiny.suite.yaml", "config/tiny.yaml"])
+    assert result.exit_code == 0, result.output
+    assert "campaign cli-test" in result.output and "suite tiny" in result.output and "experiment tiny" in result.output
 
 
 def test_bench_cycling_runs_and_scores_only_the_period_asked(tiny_nature_run, tmp_path):

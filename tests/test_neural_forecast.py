@@ -162,6 +162,12 @@ def test_incompatible_or_corrupt_checkpoints_are_refused(trained, tmp_path):
     ckpt_io.save(ckpt, tmp_path / "tampered.pt")
     with pytest.raises(CheckpointError, match="corrupt"):
         ckpt_io.read(tmp_path / "tampered.pt")
+    ckpt = ckpt_io.read(out)
+    ckpt["state_dict"]["project.bias"][0] = float("nan")  # diverged weights, saved with a valid hash
+    ckpt["content_hash"] = ckpt_io.content_hash(ckpt)
+    ckpt_io.save(ckpt, tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match="NaN/Inf weights in \\['project.bias'\\]"):
+        ckpt_io.load_model(tmp_path / "nan.pt")
     with pytest.raises(CheckpointError, match="config hash"):
         train(cfg.model_copy(update={"name": "other"}), out, settings)
     with pytest.raises(SchemaError, match="rollout_steps=2 needs at least 3"):  # the 2-state train split

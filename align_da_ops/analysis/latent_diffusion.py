@@ -40,7 +40,7 @@ from align_da_ops.diffusion.samplers import Sampler
 class LatentDiffusionConfig(BaseModel):
     """Settings of the latent diffusion analysis (campaign `analysis:` block)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     kind: Literal["latent_diffusion"] = "latent_diffusion"
     autoencoder: Path | None = Field(default=None, description="Autoencoder checkpoint; None: the packaged one.")

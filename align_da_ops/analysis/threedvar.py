@@ -53,7 +53,7 @@ DEFAULT_SIGMA_B: dict[str, float] = {
 class ThreeDVarConfig(BaseModel):
     """3D-Var analysis settings (no torch needed to validate)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     kind: Literal["threedvar"] = "threedvar"
     covariance: Path | None = Field(

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from align_da_ops.errors import ObservationError
+from align_da_ops.errors import ObservationError, StoreError
 
 obs_app = typer.Typer(no_args_is_help=True, help="Observations: decode and QC real files, simulate synthetic networks.")
 out = Console(width=None if sys.stdout.isatty() else 140)
@@ -81,7 +81,7 @@ def ingest(
         window_half_width=timedelta(hours=window_hours), thinning_km=thin_km, blacklist_stations=tuple(blacklist)
     )
     batch = run_qc(ObsBatch.concat(usable), qc_config, cycle=cycle)
-    write_ioda(batch, output, {"source_files": " ".join(Path(f).name for f in files)})
+    _write_output(write_ioda, batch, output, {"source_files": " ".join(Path(f).name for f in files)})
     _print_batch_summary(batch)
     out.print(f"wrote {output} ({len(batch)} observations, {int(batch.passed.sum())} pass QC)")
 
@@ -153,9 +153,8 @@ def simulate_cmd(
     draw = simulate(cfg, truth, when, experiment=experiment, seed=seed)
     op = GridInterpolator(truth.layout, truth.latitudes, truth.longitudes)
     batch = run_qc(draw.batch, cfg.qc, cycle=when, operator=op)
-    write_ioda(
-        batch, output, {"experiment": experiment, "seed": seed, "cycle": str(np.datetime64(when, "s")), "nature_run": str(store)}
-    )
+    attrs = {"experiment": experiment, "seed": seed, "cycle": str(np.datetime64(when, "s")), "nature_run": str(store)}
+    _write_output(write_ioda, batch, output, attrs)
     _print_batch_summary(batch)
     out.print(f"wrote {output} ({len(batch)} observations, {int(draw.gross.sum())} with injected gross errors)")
 
@@ -192,3 +191,12 @@ def bench_obs(
         "speedup_vs_first": ".2f",
     }
     out.print(_table(title, op_rows, fmts))
+
+
+def _write_output(write, batch, output: Path, attrs: dict) -> None:
+    """`write(batch, output, attrs)`, an OS failure (permission, disk full, bad name) made a `StoreError` (exit 5)."""
+    try:
+        write(batch, output, attrs)
+    except (OSError, RuntimeError) as exc:  # netCDF-C reports some write failures as RuntimeError
+        problem = getattr(exc, "strerror", None) or str(exc)
+        raise StoreError(f"cannot write {output}: {problem}") from None

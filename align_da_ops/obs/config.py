@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from align_da_ops.config import SurfaceName, UpperAirName
 
 VariableName = Union[UpperAirName, SurfaceName]
+PressureHPa = Annotated[int, Field(ge=1, le=1100)]
+NonNegative = Annotated[float, Field(ge=0)]
 
 # Observation error std (schema units) for synthetic observations: typical radiosonde/SYNOP values.
 DEFAULT_SYNTHETIC_ERRORS: dict[str, float] = {
@@ -33,7 +35,7 @@ DEFAULT_SYNTHETIC_ERRORS: dict[str, float] = {
 
 
 class Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class _NetworkBase(Frozen):
@@ -98,7 +100,7 @@ class StationNetwork(_NetworkBase):
         default=("geopotential", "temperature", "u_component_of_wind", "v_component_of_wind"),
         description="Sonde variables.",
     )
-    levels_hpa: tuple[int, ...] = Field(
+    levels_hpa: tuple[PressureHPa, ...] = Field(
         default=(1000, 925, 850, 700, 500, 400, 300, 250, 200), description="Sonde reporting levels (mandatory levels)."
     )
     surface_variables: tuple[SurfaceName, ...] = Field(
@@ -118,7 +120,7 @@ class SwathNetwork(_NetworkBase):
 
     kind: Literal["swath"] = "swath"
     variables: tuple[UpperAirName, ...] = Field(default=("temperature",), description="Retrieved variables.")
-    levels_hpa: tuple[int, ...] = Field(default=(850, 500, 300), description="Retrieval pressures.")
+    levels_hpa: tuple[PressureHPa, ...] = Field(default=(850, 500, 300), description="Retrieval pressures.")
     swath_width_km: float = Field(default=2000.0, gt=0, le=6000, description="Full cross-track width.")
     across_track: int = Field(default=9, ge=1, le=101, description="Footprints across the swath.")
     along_track_km: float = Field(default=250.0, gt=0, description="Footprint spacing along the track.")
@@ -133,9 +135,11 @@ NetworkConfig = Annotated[RandomMaskNetwork | StationNetwork | SwathNetwork, Fie
 class QCConfig(Frozen):
     """Quality control: which checks run and their thresholds."""
 
-    window_half_width: timedelta = Field(default=timedelta(hours=3), description="Obs in (t - w, t + w] are used.")
+    window_half_width: timedelta = Field(
+        default=timedelta(hours=3), gt=timedelta(0), le=timedelta(hours=12), description="Obs in (t - w, t + w] are used."
+    )
     gross_limits: dict[VariableName, tuple[float, float]] = Field(
-        default_factory=dict, description="Override grid.VARIABLES[...].valid_range per variable."
+        default_factory=dict, description="Override grid.VARIABLES[...].valid_range per variable (low < high)."
     )
     thinning_km: float | None = Field(default=None, gt=0, description="Box size; None: no thinning.")
     thinning_log_p: float = Field(default=0.1, gt=0, description="Vertical bin width in ln p for thinning.")
@@ -143,7 +147,7 @@ class QCConfig(Frozen):
     blacklist_stations: tuple[str, ...] = Field(default=(), description="Station ids never used.")
     blacklist_types: tuple[str, ...] = Field(default=(), description="Observation types never used.")
     background_k: float = Field(default=5.0, gt=0, description="Reject |y - H(x_b)| > k sqrt(sigma_o^2 + sigma_b^2).")
-    background_sigma: dict[VariableName, float] = Field(
+    background_sigma: dict[VariableName, NonNegative] = Field(
         default_factory=dict, description="Background error std per variable when no ensemble spread is given."
     )
     use_ensemble_spread: bool = Field(
@@ -154,10 +158,19 @@ class QCConfig(Frozen):
     )
 
 
+    @field_validator("gross_limits")
+    @classmethod
+    def _limits_ordered(cls, value):
+        bad = {k: v for k, v in value.items() if not v[0] < v[1]}
+        if bad:
+            raise ValueError(f"gross_limits need low < high; got {bad}")
+        return value
+
+
 class FeedConfig(Frozen):
     """Directory-drop observation feed."""
 
-    root: Path = Field(description="Holds incoming/, processed/ and quarantine/.")
+    root: Path = Field(description="Holds incoming/, processed/ (raw originals), decoded/ (the feed's own IODA files) and quarantine/.")
 
 
 class ObservationsConfig(Frozen):

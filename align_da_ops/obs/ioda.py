@@ -10,7 +10,16 @@ variable is metadata rather than a variable name):
 
 Integers are written and read back as integers (netCDF4 with auto-masking off,
 so no float conversion or fill-value masking). Files are written to a temporary
-name and renamed, so a reader never sees half a file.
+name and renamed, so a reader never sees half a file; a failed write leaves no
+temporary behind.
+
+Reading: `read_ioda` is strict (any row breaking the `ObsBatch` contract fails
+the file); `read_ioda_checked` drops such rows one by one (latitude outside
+[-90, 90], non-finite longitude, bad pressure, unknown variable or QC flag,
+units other than the schema's) and says why, failing only for a file unreadable
+as a whole. Both raise only `ObservationError`. Note that HDF5 itself may crash
+on a corrupted file: callers reading untrusted files should check them first
+(the feed checks a SHA-256 recorded when it wrote them).
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import numpy as np
 
 import align_da_ops
 from align_da_ops.errors import ObservationError
+from align_da_ops.grid import VARIABLES
 from align_da_ops.obs.batch import COLUMNS, ObsBatch, QCFlag
 
 LOCATION = "Location"
@@ -57,6 +67,16 @@ def write_ioda(batch: ObsBatch, path: Path, attrs: dict | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        _write(batch, tmp, attrs)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _write(batch: ObsBatch, tmp: Path, attrs: dict | None) -> None:
     with netCDF4.Dataset(tmp, "w", format="NETCDF4") as nc:
         nc.createDimension(LOCATION, len(batch))
         nc.setncatts(
@@ -86,40 +106,81 @@ def write_ioda(batch: ObsBatch, path: Path, attrs: dict | None = None) -> Path:
                 "flag_meanings": " ".join(f.name.lower() for f in QCFlag),
             }
         )
-    os.replace(tmp, path)
-    return path
 
 
 def read_ioda(path: Path) -> ObsBatch:
-    """Read a file written by `write_ioda`; checks units against the schema."""
+    """Read a file written by `write_ioda`; any bad row (e.g. units not the schema's) fails the file."""
+    batch, problems = read_ioda_checked(path)
+    if problems:
+        raise ObservationError(f"{path}: " + "; ".join(problems))
+    return batch
+
+
+def read_ioda_checked(path: Path) -> tuple[ObsBatch, tuple[str, ...]]:
+    """(rows that keep the `ObsBatch` contract, why the others were dropped); ObservationError if unreadable."""
     path = Path(path)
     if not path.exists():
         raise ObservationError(f"IODA file {path} does not exist")
+    columns, units = _read_columns(path)
+    n = {len(v) for v in columns.values()} | ({len(units)} if units is not None else set())
+    if len(n) > 1:
+        raise ObservationError(f"{path}: variables differ in length {sorted(n)}; is it an align-da IODA file?")
+    try:
+        keep, problems = _valid_rows(columns, units)
+        return ObsBatch(**{c: v[keep] for c, v in columns.items()}), problems
+    except (ObservationError, ValueError, TypeError, KeyError, IndexError) as exc:  # a column of the wrong kind
+        raise ObservationError(f"{path}: {exc}") from None
+
+
+def _read_columns(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     try:
         nc = netCDF4.Dataset(path, "r")
-    except OSError as exc:
+    except (OSError, RuntimeError, ValueError) as exc:
         raise ObservationError(f"{path} is not a readable NetCDF file: {exc}") from None
-    with nc:
-        nc.set_auto_maskandscale(False)
-        columns = {}
-        for group, name, column, _, _ in _FIELDS:
-            try:
-                raw = nc[f"{group}/{name}"][:]
-            except (IndexError, KeyError):
-                raise ObservationError(f"{path} lacks {group}/{name}; is it an align-da IODA file?") from None
-            columns[column] = _decode(column, np.asarray(raw))
-        units = (
-            np.asarray(nc["MetaData/variableUnits"][:]).astype(str)
-            if "variableUnits" in nc["MetaData"].variables
-            else None
-        )
-    batch = ObsBatch(**columns)
-    if units is not None and len(batch) and not np.array_equal(units, batch.units()):
-        bad = np.flatnonzero(units != batch.units())[:3]
-        raise ObservationError(
-            f"{path}: units differ from the schema at rows {bad.tolist()}: {units[bad].tolist()} vs {batch.units()[bad].tolist()}"
-        )
-    return batch
+    try:
+        with nc:
+            nc.set_auto_maskandscale(False)
+            columns = {}
+            for group, name, column, _, _ in _FIELDS:
+                try:
+                    raw = nc[f"{group}/{name}"][:]
+                except (IndexError, KeyError):
+                    raise ObservationError(f"{path} lacks {group}/{name}; is it an align-da IODA file?") from None
+                columns[column] = _decode(column, np.asarray(raw))
+            meta = nc["MetaData"]
+            units = np.asarray(meta["variableUnits"][:]).astype(str) if "variableUnits" in meta.variables else None
+    except ObservationError:
+        raise
+    except (OSError, RuntimeError, ValueError, TypeError, IndexError, KeyError, UnicodeError, OverflowError) as exc:
+        raise ObservationError(f"{path}: unreadable content ({type(exc).__name__}: {exc})") from None
+    return columns, units
+
+
+def _valid_rows(columns: dict[str, np.ndarray], units: np.ndarray | None) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Mask of rows an `ObsBatch` accepts, and one problem line per kind of rejected row."""
+    lat, lon, p = (np.asarray(columns[c], dtype=np.float64) for c in ("latitude", "longitude", "pressure"))
+    variable = columns["variable"].astype(str)
+    known = np.isin(variable, list(VARIABLES))
+    expected = np.asarray([VARIABLES[v].units if k else "" for v, k in zip(variable, known)], dtype=str)
+    with np.errstate(invalid="ignore"):
+        checks = {
+            "latitude not finite or outside [-90, 90]": np.abs(lat) <= 90.0 + 1e-6,
+            "longitude not finite": np.isfinite(lon),
+            "pressure neither positive nor NaN": np.isnan(p) | ((p > 0) & np.isfinite(p)),
+            "unknown variable": known,
+            "unknown QC flag": np.isin(columns["qc"], [int(f) for f in QCFlag]),
+            "time not a date (NaT)": ~np.isnat(columns["time"]),
+        }
+    if units is not None:
+        checks["units differ from the schema"] = ~known | (units == expected)
+    keep = np.ones(len(lat), dtype=bool)
+    problems = []
+    for what, ok in checks.items():
+        bad = np.flatnonzero(~ok)
+        if bad.size:
+            problems.append(f"{bad.size} bad rows: {what} (first at rows {bad[:3].tolist()})")
+        keep &= ok
+    return keep, tuple(problems)
 
 
 def _decode(column: str, raw: np.ndarray) -> np.ndarray:
