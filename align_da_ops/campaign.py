@@ -113,9 +113,12 @@ class CampaignConfig(Frozen):
     @field_validator("start", "end")
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
-        """Timezone-aware times become naive UTC (the engine's convention), so start and end always compare."""
+        """Timezone-aware times become naive UTC (the engine's convention), so start and end always compare;
+        both must be cycle times (00/06/12/18 UTC)."""
         if value is not None and value.tzinfo is not None:
             value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        if value is not None:
+            CycleTime(value)  # on the 6-hourly grid
         return value
 
     @field_validator("archive")
@@ -134,9 +137,7 @@ class CampaignConfig(Frozen):
 
     @model_validator(mode="after")
     def _checks(self):
-        CycleTime(self.start)
         if self.end is not None:
-            CycleTime(self.end)
             if self.end < self.start:
                 raise ValueError(f"end={self.end.isoformat()} is before start={self.start.isoformat()}")
         elif self.mode == "replay":

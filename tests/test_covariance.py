@@ -104,6 +104,11 @@ def test_load_rejects_bad_files(tmp_path):
     junk.write_bytes(b"not a zip")
     with pytest.raises(InputDataError, match="cannot read"):
         SpectralCovariance.load(junk)
+    good = small_cov().save(tmp_path / "good.npz")
+    for name, data in (("empty.npz", b""), ("truncated.npz", good.read_bytes()[: good.stat().st_size // 2])):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(InputDataError, match="cannot read"):
+            SpectralCovariance.load(tmp_path / name)
     partial = tmp_path / "partial.npz"
     np.savez(partial, spectra=np.zeros((2, 1, 1)))
     with pytest.raises(InputDataError, match="lacks arrays"):

@@ -284,3 +284,21 @@ def test_collapsed_ensemble_fails_before_archiving(world):
     with pytest.raises(CycleFailedError, match="ensemble collapsed"):
         run_cycle(ctx, START)
     assert ctx.archive.done_cycles() == []
+
+
+class NaNModel:
+    """A forecast model gone bad (e.g. NaN weights that slipped through)."""
+
+    step_hours = 6
+
+    def step(self, state):
+        return state * float("nan")
+
+
+def test_nan_forecasts_are_never_archived(world):
+    for on_failure in ("fail", "background"):
+        ctx = make_ctx(world, f"nan-forecast-{on_failure}", on_failure=on_failure)
+        ctx.model = NaNModel()
+        with pytest.raises(CycleFailedError, match="forecasts from the analysis have NaN"):
+            run_cycle(ctx, START)
+        assert ctx.archive.done_cycles() == []

@@ -302,8 +302,8 @@ class SpectralCovariance:
         try:
             with np.load(path, allow_pickle=False) as z:
                 data = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as exc:
-            raise InputDataError(f"cannot read background-error covariance {path}: {exc}") from None
+        except Exception as exc:  # truncated or empty file (BadZipFile, EOFError), not an npz, unreadable
+            raise InputDataError(f"cannot read background-error covariance {path}: {type(exc).__name__}: {exc}") from None
         missing = {"format_version", "spectra", "channels", "latitudes", "longitudes"} - set(data)
         if missing:
             raise InputDataError(f"{path} lacks arrays {sorted(missing)}; not a covariance file")
