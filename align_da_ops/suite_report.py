@@ -31,7 +31,7 @@ TABLE = (
     ("wrmse_u_component_of_wind_1000", 0), ("wrmse_surface_pressure", 0), ("mse_normalized", 0),
     ("mae_normalized", 0), ("acc_geopotential_500", 0), ("crps_geopotential_500", 0), ("ssr_geopotential_500", 0),
     ("imbalance_500", 0), ("wrmse_geopotential_500", 24), ("wrmse_geopotential_500", 48), ("mse_normalized", 48),
-    ("acc_geopotential_500", 48),
+    ("acc_geopotential_500", 48), ("seconds_analysis", 0), ("seconds_cycle", 0),
 )
 VERDICT_SCORES = (("mse_normalized", 0), ("wrmse_geopotential_500", 0), ("wrmse_temperature_850", 0),
                   ("mse_normalized", 48), ("wrmse_geopotential_500", 48), ("crps_geopotential_500", 0))
@@ -41,7 +41,9 @@ def label(score: str, lead: int = 0) -> str:
     """Human label with units: 'z500 RMSE (m²/s²)', '+48 h normalised MSE', ..."""
     prefix, _, channel = score.partition("_")
     names = {"wrmse": "RMSE", "acc": "ACC", "crps": "CRPS", "ssr": "spread/skill", "bias": "bias"}
-    if score in ("mse_normalized", "mae_normalized"):
+    if score in ("seconds_cycle", "seconds_analysis"):
+        text = "s / cycle" if score == "seconds_cycle" else "s / analysis"
+    elif score in ("mse_normalized", "mae_normalized"):
         text = f"normalised {score[:3].upper()}"
     elif prefix == "imbalance":
         text = f"imbalance ratio {channel} hPa"

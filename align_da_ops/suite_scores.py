@@ -31,7 +31,7 @@ def report_scores(columns) -> list[str]:
     wanted = ["mse_normalized", "mae_normalized"]
     for c in HEADLINE_CHANNELS:
         wanted += [f"wrmse_{c}", f"bias_{c}", f"acc_{c}", f"crps_{c}", f"spread_{c}", f"ensrmse_{c}"]
-    wanted += [c for c in columns if c.startswith(("imbalance_", "omb_rms_", "oma_rms_", "rankhist_", "n_members"))]
+    wanted += [c for c in columns if c.startswith(("imbalance_", "omb_rms_", "oma_rms_", "rankhist_", "n_members", "seconds_"))]
     return [c for c in wanted if c in columns]
 
 
@@ -46,6 +46,7 @@ def run_table(run: Run, truth, norm, climatology) -> pd.DataFrame:
     cycles = [CycleTime(t.to_pydatetime()) for t in scores.loc[scores["lead"] == pd.Timedelta(0), "cycle_time"]]
     departures = evaluation.departure_scores(archive, cycles)
     analysis_rows = scores["lead"] == pd.Timedelta(0)
+    departures = departures.join(_cost(archive, cycles), how="outer")
     if len(departures.columns):
         merged = scores[analysis_rows].merge(departures, left_on="cycle_time", right_index=True, how="left")
         scores = pd.concat([merged, scores[~analysis_rows]], ignore_index=True)
@@ -53,6 +54,15 @@ def run_table(run: Run, truth, norm, climatology) -> pd.DataFrame:
     scores.insert(0, "network", run.network)
     scores.insert(2, "seed", run.seed)
     return scores.drop(columns=["method"]).assign(method=run.method)[KEYS + [c for c in scores.columns if c not in KEYS + ["method"]]]
+
+
+def _cost(archive: Archive, cycles) -> pd.DataFrame:
+    """Wall seconds per cycle (every stage) and of the analysis stage, from the done flags, by cycle time."""
+    rows = {}
+    for cycle in cycles:
+        wall = archive.provenance(cycle).get("wall_s", {})
+        rows[pd.Timestamp(cycle.value)] = {"seconds_cycle": float(sum(wall.values())), "seconds_analysis": float(wall.get("analysis", np.nan))}
+    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def collect(runs: list[Run], truth, norm, climatology, workers: int = 1) -> pd.DataFrame:

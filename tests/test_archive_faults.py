@@ -180,3 +180,19 @@ def test_disk_full_is_a_clear_error_and_loses_nothing(tmp_path, monkeypatch):
     archive = new_archive(tmp_path / "full")
     assert all(not archive.verify(c) for c in archive.done_cycles())  # what is done is intact
     assert_same(reference, snapshot(resume(tmp_path / "full")))
+
+
+def test_a_filesystem_without_flock_is_named(tmp_path, monkeypatch):
+    import fcntl
+
+    from align_da_ops.errors import ArchiveError
+
+    archive = new_archive(tmp_path / "a")
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(ArchiveError, match="does not support flock"):
+        with archive.locked():
+            pass

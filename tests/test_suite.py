@@ -133,6 +133,7 @@ def test_suite_smoke_run_tunes_scores_and_reports(world, tmp_path):
     analysis = table[table["lead"] == 0]
     assert len(analysis) == 2 * 2 * 2 * 2  # methods x networks x seeds x scored cycles
     assert "omb_rms_grid_temperature" in table.columns and "imbalance_500" in table.columns
+    assert (analysis["seconds_cycle"] > analysis["seconds_analysis"]).all() and (analysis["seconds_analysis"] > 0).all()
     summary = summarise(table, suite)
     pooled = summary[(summary.seed == "all") & (summary.score == "mse_normalized") & (summary.lead_h == 0)]
     assert len(pooled) == 4 and (pooled.ci_low <= pooled.value).all() and (pooled.value <= pooled.ci_high).all()
