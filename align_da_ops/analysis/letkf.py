@@ -132,11 +132,12 @@ class LETKF:
             cols = slice(start, min(start + cfg.column_chunk, n_columns))
             horizontal = self._horizontal(cols, lat, lon, device, dtype)  # (c, n)
             local_total += float(horizontal.sum())
-            per_class = [(horizontal[:, a:b] @ outer[a:b], horizontal[:, a:b] @ innov[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
-            a = (vertical @ torch.stack([p[0] for p in per_class], 1)).unflatten(-1, (k, k)) + identity  # (c, S, k, k)
-            rhs = vertical @ torch.stack([p[1] for p in per_class], 1)  # (c, S, k)
-            observed = vertical @ torch.stack([horizontal[:, a:b].sum(1) for a, b in zip(bounds[:-1], bounds[1:])], 1).T  # (S, c)
-            w_mean, w_pert = _transforms(a, rhs, observed.T > 0, k, cfg.inflation)
+            classes = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
+            a = vertical @ torch.stack([horizontal[:, q] @ outer[q] for q in classes], 1)  # (c, S, k*k)
+            a = a.unflatten(-1, (k, k)) + identity
+            rhs = vertical @ torch.stack([horizontal[:, q] @ innov[q] for q in classes], 1)  # (c, S, k)
+            weight = torch.stack([horizontal[:, q].sum(1) for q in classes], 1) @ vertical.T  # (c, S)
+            w_mean, w_pert = _transforms(a, rhs, weight > 0, k, cfg.inflation)
             transform = (w_pert + w_mean)[:, slot]  # (c, C, k, k): column j = weights of member j
             local = xb_pert[:, :, cols].permute(2, 1, 0)[..., None, :]  # (c, C, 1, k)
             out[:, :, cols] = (local @ transform)[..., 0, :].permute(2, 1, 0)
