@@ -126,7 +126,9 @@ KILLER = textwrap.dedent(
     from align_da_ops.config import load_config
     from align_da_ops.replay import replay
     from align_da_ops.times import CycleTime
-    stage, campaign_file, config_file = sys.argv[1:4]
+    stage, campaign_file, config_file, threads = sys.argv[1:5]
+    import torch
+    torch.set_num_threads(int(threads))  # as the parent: float sums depend on the thread count
     def die(*a, **k):
         os.kill(os.getpid(), signal.SIGKILL)
     if stage == "analysis":
@@ -159,7 +161,7 @@ def test_kill_9_then_resume_is_bitwise(cycled, world, stage, tmp_path):  # noqa:
     campaign_file.write_text(yaml.safe_dump(raw))
     script = tmp_path / "killer.py"
     script.write_text(KILLER)
-    proc = subprocess.run([sys.executable, str(script), stage, str(campaign_file), str(world[1])], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, str(script), stage, str(campaign_file), str(world[1]), str(torch.get_num_threads())], capture_output=True, text=True)
     assert proc.returncode == -9, proc.stderr[-2000:]
     ctx = build_context(CampaignConfig.model_validate(raw), world[2])
     assert ctx.archive.done_cycles() == [START]
