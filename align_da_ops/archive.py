@@ -7,6 +7,8 @@ Layout of an archive directory:
   obs/<YYYYMMDDHH>.nc     observation table with QC flags, H(x_b), H(x_a) and the O-B/O-A statistics
   cycles/<YYYYMMDDHH>.json  the done flag, holding the cycle's provenance and the SHA-256 of every
                           product slab and of the obs file it wrote; written last, atomically
+  failures/<YYYYMMDDHH>.json  the last failed attempt at a cycle not done (error, exit code, time); advisory,
+                          removed when the cycle completes; read by `align-da status`
   .lock                   the writer's pid (the lock itself is an flock on the archive directory)
 
 Crash consistency by construction: every write before the done flag is idempotent and is
@@ -216,6 +218,35 @@ class Archive:
         if flag is None:
             raise ArchiveError(f"cycle {cycle} is not done in {self.root}")
         return flag
+
+    # -- failure records (advisory: not part of crash consistency) ------------------------
+    def record_failure(self, cycle: CycleTime, exc: BaseException) -> None:
+        """Note the failed attempt at `cycle` (never raises: a full disk must not hide the original error)."""
+        record = {"cycle": cycle.value.isoformat(), "error": type(exc).__name__, "message": str(exc)[:2000],
+                  "exit_code": int(getattr(exc, "exit_code", 1)), "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        try:
+            _atomic_write_text(self.root / "failures" / f"{cycle.compact}.json", json.dumps(record, indent=1))
+        except Exception as err:  # noqa: BLE001  (advisory record; the caller re-raises the real error)
+            log.warning("failure_record_not_written", cycle=str(cycle), error=str(err))
+
+    def clear_failure(self, cycle: CycleTime) -> None:
+        path = self.root / "failures" / f"{cycle.compact}.json"
+        if path.exists():
+            path.unlink(missing_ok=True)
+
+    def failures(self) -> dict[CycleTime, dict]:
+        """Failure records of cycles that are not done (a record left beside a done cycle is ignored)."""
+        folder = self.root / "failures"
+        out = {}
+        for path in sorted(folder.glob("*.json")) if folder.exists() else ():
+            try:
+                cycle = CycleTime.parse(path.stem)
+                record = json.loads(path.read_text())
+            except (ValueError, OSError, json.JSONDecodeError):
+                continue
+            if isinstance(record, dict) and not self.is_done(cycle):
+                out[cycle] = record
+        return out
 
     # -- gridded products ------------------------------------------------------------
     @property

@@ -9,6 +9,7 @@ cold start and the archive. Pydantic v2, frozen, unknown keys refused.
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
@@ -157,7 +158,10 @@ class CampaignConfig(Frozen):
         return None if self.end is None else CycleTime(self.end)
 
 
-def load_campaign(path: str | Path) -> tuple[CampaignConfig, ExperimentConfig]:
-    """Read and validate a campaign and the experiment config it names."""
-    campaign = load_yaml_model(path, CampaignConfig, "campaign")
-    return campaign, load_config(campaign.config)
+def load_campaign(path: str | Path, overrides: Sequence[str] = ()) -> tuple[CampaignConfig, ExperimentConfig]:
+    """Read and validate a campaign and the experiment config it names. `overrides` are `key.sub=value`
+    assignments: on the campaign, or on its experiment config when the key starts with `experiment.`."""
+    on_experiment = [o.removeprefix("experiment.") for o in overrides if o.startswith("experiment.")]
+    on_campaign = [o for o in overrides if not o.startswith("experiment.")]
+    campaign = load_yaml_model(path, CampaignConfig, "campaign", on_campaign)
+    return campaign, load_config(campaign.config, on_experiment)

@@ -63,8 +63,14 @@ def _main(
     log_format: logs.LogFormat = typer.Option("console", help="console for people, json for services."),
     log_level: str = typer.Option("INFO", help="DEBUG, INFO, WARNING or ERROR."),
     version: bool = typer.Option(False, "--version", is_eager=True, callback=_show_version, help="Print the version and exit."),
+    threads: int = typer.Option(0, "--threads", min=0, help="torch CPU threads for every command (0: torch's choice); "
+                                "a command's own --threads wins."),
 ):
     logs.configure(log_format, log_level)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 # -- config -------------------------------------------------------------------------
@@ -103,9 +109,12 @@ def config_validate(paths: list[Path] = typer.Argument(..., help="Experiment con
 
 
 @config_app.command("show")
-def config_show(path: Path):
-    """Print the resolved config (all defaults filled in) as JSON, with its stable hash."""
-    cfg = load_config(path)
+def config_show(
+    path: Path,
+    overrides: list[str] = typer.Option([], "--set", help="Override a value first, e.g. state.grid.truncation=42; repeatable."),
+):
+    """Print the resolved experiment config (all defaults filled in, overrides applied) as JSON, with its stable hash."""
+    cfg = load_config(path, overrides)
     print(json.dumps({"hash": config_hash(cfg), "config": resolved(cfg)}, indent=2))
 
 
@@ -133,17 +142,16 @@ def archive_verify(path: Path = typer.Argument(..., help="Archive directory (a c
 def nature_run(
     config: Path,
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Zarr store (default: nature_run.output)."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. nature_run.seed=3; repeatable."),
 ):
     """Generate (or resume) the OSSE nature run into a Zarr store, then check its climate."""
-    from rich.progress import Progress
-
     from align_da_ops.data import nature_run as nr
     from align_da_ops.data.plausibility import check_report, climate_report
+    from align_da_ops.progress import progress_bar
 
-    cfg = load_config(config)
-    with Progress(console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("nature run", total=None)
-        store = nr.generate(cfg, output, on_chunk=lambda done, total: bar.update(task, completed=done, total=total))
+    cfg = load_config(config, overrides)
+    with progress_bar("nature run (6-h states)") as bar:
+        store = nr.generate(cfg, output, on_chunk=lambda done, total: bar(done, total))
     report = climate_report(nr.open_nature_run(store))
     _print_mapping(f"nature run {store}", report)
     problems = check_report(report)
@@ -322,75 +330,12 @@ def _print_scores(tables: dict, leads) -> None:
 
 
 # -- cycling ---------------------------------------------------------------------------------
-def _context(campaign_path: Path):
-    from align_da_ops.campaign import load_campaign
-    from align_da_ops.wiring import build_context
+from align_da_ops.cycling_commands import cycle_cmd, replay_cmd, serve_cmd, status_cmd  # noqa: E402  (light, like obs.cli)
 
-    campaign, experiment = load_campaign(campaign_path)
-    ctx = build_context(campaign, experiment)
-    ctx.provenance["campaign_file"] = str(campaign_path.resolve())
-    return ctx
-
-
-@app.command("cycle")
-def cycle_cmd(
-    campaign: Path,
-    at: str = typer.Option(..., "--at", help="Cycle time, e.g. 2000-01-11T06 or 2000011106."),
-    force: bool = typer.Option(False, help="Redo the cycle even if it is done."),
-):
-    """Run one cycle of a campaign (its predecessor must be done, unless it is the first)."""
-    from align_da_ops.engine import run_cycle
-    from align_da_ops.times import CycleTime
-
-    ctx = _context(campaign)
-    with ctx.archive.locked():
-        outcome = run_cycle(ctx, CycleTime.parse(at), force=force)
-    out.print(f"{outcome.cycle}: {outcome.status} ({sum(outcome.wall_s.values()):.2f} s)")
-
-
-@app.command("replay")
-def replay_cmd(
-    campaign: Path,
-    start: Optional[str] = typer.Option(None, help="First cycle (default: the campaign's start)."),
-    end: Optional[str] = typer.Option(None, help="Last cycle (default: the campaign's end)."),
-    force: bool = typer.Option(False, help="Redo cycles already done."),
-):
-    """Run a period's cycles back to back; rerun after a crash or Ctrl-C to resume."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from align_da_ops.replay import replay
-    from align_da_ops.times import CycleTime
-
-    ctx = _context(campaign)
-    first = CycleTime.parse(start) if start else ctx.campaign.first
-    last = CycleTime.parse(end) if end else ctx.campaign.last
-    if last is None:
-        raise typer.BadParameter("this campaign has no end; give --end")
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True)) as bar:
-        task = bar.add_task(ctx.campaign.name, total=None)
-        outcomes = replay(ctx, first, last, force=force,
-                          progress=lambda o, i, n: bar.update(task, completed=i, total=n, description=f"{ctx.campaign.name} {o.cycle}"))
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "fallback")}
-    out.print(f"{ctx.campaign.name}: {counts['done']} cycles run, {counts['skipped']} already done, {counts['fallback']} fallbacks")
-
-
-@app.command("serve")
-def serve_cmd(
-    campaign: Path,
-    accelerate: float = typer.Option(1.0, help="Simulated seconds per wall second (OSSE demos)."),
-    origin: Optional[str] = typer.Option(None, help="Simulated time at start (with --accelerate)."),
-    tick: Optional[float] = typer.Option(None, help="Wall seconds between checks (default: the 6-hourly cron)."),
-):
-    """Continuous cycling at 00/06/12/18 UTC + cut-off; catches up missed cycles; stops on SIGTERM."""
-    from datetime import datetime as _dt
-
-    from align_da_ops.scheduler import Clock, serve
-
-    ctx = _context(campaign)
-    clock = Clock(factor=accelerate, origin=_dt.fromisoformat(origin) if origin else None)
-    ran = serve(ctx, clock, tick_seconds=tick if tick is not None else (1.0 if accelerate != 1.0 else None))
-    out.print(f"{ctx.campaign.name}: service stopped after {ran} cycles")
+app.command("cycle")(cycle_cmd)
+app.command("replay")(replay_cmd)
+app.command("serve")(serve_cmd)
+app.command("status")(status_cmd)
 
 
 @app.command("nmc")
@@ -464,12 +409,13 @@ def bench_cycling(
     One campaign, one seed, no confidence intervals: for method comparisons use `align-da suite run`.
     """
     from align_da_ops import evaluation
+    from align_da_ops.cycling_commands import context
     from align_da_ops.replay import replay
     from align_da_ops.times import CycleTime
 
     tables, stages = {}, {}
     for path in campaigns:
-        ctx = _context(path)
+        ctx = context(path)
         if ctx.experiment.data.kind != "nature_run":
             raise typer.BadParameter(f"{path}: bench cycling scores against the truth of an OSSE (data.kind nature_run)")
         first = CycleTime.parse(start) if start else ctx.campaign.first

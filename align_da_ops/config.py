@@ -8,8 +8,10 @@ resolved values, and goes into every product made from the config.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Literal, Union
@@ -223,18 +225,41 @@ def read_yaml_mapping(path: str | Path, what: str = "config") -> dict:
     return raw
 
 
-def load_yaml_model(path: str | Path, model: type[BaseModel], what: str = "config"):
-    """Read a YAML mapping and validate it as `model`; raise ConfigError naming the file, field, value and rule."""
-    raw = read_yaml_mapping(path, what)
+def apply_overrides(raw: dict, overrides: Sequence[str], what: str = "config") -> dict:
+    """A copy of `raw` with each `dotted.key=value` set (value parsed as YAML: `2`, `true`, `[1, 2]`, `{a: 1}`);
+    ConfigError on an assignment without `=`, an empty key, or a key path through a non-mapping."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ConfigError(f"override {item!r} for the {what} must look like key.sub=value")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: the value is not YAML ({exc})") from None
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[:i + 1])} is not a mapping in the {what}")
+        node[parts[-1]] = value
+    return out
+
+
+def load_yaml_model(path: str | Path, model: type[BaseModel], what: str = "config", overrides: Sequence[str] = ()):
+    """Read a YAML mapping, apply `overrides` (`key.sub=value`) and validate it as `model`; raise ConfigError
+    naming the file, field, value and rule."""
+    raw = apply_overrides(read_yaml_mapping(path, what), overrides, what)
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(format_validation_errors(exc, path)) from None
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
-    """Read and validate a YAML config; raise ConfigError naming field, value and rule."""
-    return load_yaml_model(path, ExperimentConfig)
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Read and validate a YAML config (with `key.sub=value` overrides); raise ConfigError naming field, value and rule."""
+    return load_yaml_model(path, ExperimentConfig, overrides=overrides)
 
 
 def resolved(config: BaseModel) -> dict:

@@ -22,7 +22,7 @@ from align_da_ops.archive import CycleRecord
 from align_da_ops.errors import ArchiveError, CycleFailedError
 from align_da_ops.forecast.base import rollout
 from align_da_ops.logs import get_logger
-from align_da_ops.obs.monitoring import departure_statistics
+from align_da_ops.obs.monitoring import departure_statistics, departure_summary
 from align_da_ops.obs.qc import run_qc
 from align_da_ops.times import CycleTime
 from align_da_ops.wiring import CycleContext, member_seed
@@ -49,9 +49,23 @@ class _Stopwatch:
 
 
 def run_cycle(ctx: CycleContext, cycle: CycleTime, force: bool = False) -> CycleOutcome:
-    """Observations -> QC -> background -> analysis -> forecasts -> archive, for one cycle."""
+    """Observations -> QC -> background -> analysis -> forecasts -> archive, for one cycle.
+
+    A failure is recorded in the archive (`failures/`, read by `align-da status`) and re-raised; the
+    record goes when the cycle completes."""
     if ctx.archive.is_done(cycle) and not force:
         return CycleOutcome(cycle, "skipped")
+    try:
+        outcome = _run_cycle(ctx, cycle, force)
+    except Exception as exc:
+        log.error("cycle_failed", cycle=str(cycle), campaign=ctx.campaign.name, error=type(exc).__name__, message=str(exc))
+        ctx.archive.record_failure(cycle, exc)
+        raise
+    ctx.archive.clear_failure(cycle)
+    return outcome
+
+
+def _run_cycle(ctx: CycleContext, cycle: CycleTime, force: bool) -> CycleOutcome:
     bound = log.bind(cycle=str(cycle), campaign=ctx.campaign.name)
     watch = _Stopwatch()
     background_members = _background_members(ctx, cycle) if ctx.cycles_ensemble else None
@@ -80,6 +94,7 @@ def run_cycle(ctx: CycleContext, cycle: CycleTime, force: bool = False) -> Cycle
     watch.lap("forecast")
     hx_a = ctx.interpolator.prepare(obs, ctx.device)(result.analysis).cpu().numpy()
     monitoring = _monitoring(ctx, obs, hx_b, hx_a)
+    departures = departure_summary(monitoring)
     provenance = {
         **ctx.provenance,
         "cycle": cycle.value.isoformat(),
@@ -89,6 +104,7 @@ def run_cycle(ctx: CycleContext, cycle: CycleTime, force: bool = False) -> Cycle
         "qc_counts": obs.flag_counts(),
         "n_obs_used": int(len(used)),
         "diagnostics": result.diagnostics,
+        "departures": departures,
         **flags,
     }
     members = result.members.cpu() if result.members is not None else None
@@ -102,7 +118,10 @@ def run_cycle(ctx: CycleContext, cycle: CycleTime, force: bool = False) -> Cycle
     record.provenance["wall_s"] = dict(watch.laps)
     ctx.archive.write_cycle(record, force=force)
     watch.lap("archive")
-    bound.info("cycle_done", n_obs=len(obs), n_used=len(used), **{f"s_{k}": v for k, v in watch.laps.items()})
+    bound.info("cycle_done", n_obs=len(obs), n_used=len(used),
+               **{k: v for k, v in departures.items() if k.endswith("jo_per_n")},
+               **{f"{k}_{var}": v for k in ("omb_rms", "oma_rms") for var, v in departures.get(k, {}).items()},
+               **{f"s_{k}": v for k, v in watch.laps.items()})
     return CycleOutcome(cycle, "fallback" if flags.get("fallback") else "done", dict(watch.laps))
 
 

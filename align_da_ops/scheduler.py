@@ -16,6 +16,8 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 
+from align_da_ops.archive import Archive
+from align_da_ops.campaign import CampaignConfig
 from align_da_ops.engine import CycleOutcome, run_cycle
 from align_da_ops.logs import get_logger
 from align_da_ops.times import CycleTime
@@ -39,16 +41,16 @@ class Clock:
         return base + timedelta(seconds=self.factor * (time.time() - self.wall_start))
 
 
-def due_cycles(ctx: CycleContext, now: datetime) -> list[CycleTime]:
+def due_cycles(campaign: CampaignConfig, archive: Archive, now: datetime) -> list[CycleTime]:
     """Cycles from the campaign start to the latest one past its cut-off (and its end), not yet done."""
-    latest = CycleTime.latest_at_or_before(now - ctx.campaign.cutoff)
-    last = ctx.campaign.last
+    latest = CycleTime.latest_at_or_before(now - campaign.cutoff)
+    last = campaign.last
     if last is not None and latest > last:
         latest = last
-    if latest < ctx.campaign.first:
+    if latest < campaign.first:
         return []
-    done = set(ctx.archive.done_cycles())
-    out, t = [], ctx.campaign.first
+    done = set(archive.done_cycles())
+    out, t = [], campaign.first
     while t <= latest:
         if t not in done:
             out.append(t)
@@ -59,7 +61,7 @@ def due_cycles(ctx: CycleContext, now: datetime) -> list[CycleTime]:
 def catch_up(ctx: CycleContext, now: datetime, stop: threading.Event | None = None) -> list[CycleOutcome]:
     """Run every due cycle in order; stop early (between cycles) when `stop` is set."""
     outcomes = []
-    for cycle in due_cycles(ctx, now):
+    for cycle in due_cycles(ctx.campaign, ctx.archive, now):
         if stop is not None and stop.is_set():
             break
         outcomes.append(run_cycle(ctx, cycle))
@@ -76,15 +78,26 @@ def serve(ctx: CycleContext, clock: Clock = Clock(), tick_seconds: float | None 
     from apscheduler.triggers.cron import CronTrigger
     from apscheduler.triggers.interval import IntervalTrigger
 
+    from apscheduler.events import EVENT_JOB_MAX_INSTANCES
+
     stop, ticks, ran = threading.Event(), [0], [0]
+    still_running = threading.Event()  # one "still running" line per busy tick, not one per skipped trigger
 
     def tick():
         if stop.is_set():
             return
-        ran[0] += len(catch_up(ctx, clock.now(), stop))
+        try:
+            ran[0] += len(catch_up(ctx, clock.now(), stop))
+        finally:
+            still_running.clear()
         ticks[0] += 1
         if max_ticks is not None and ticks[0] >= max_ticks:
             stop.set()
+
+    def skipped(_event):
+        if not still_running.is_set():
+            still_running.set()
+            log.info("cycle_still_running", campaign=ctx.campaign.name, note="later triggers skipped until it ends")
 
     if tick_seconds is None and clock.factor == 1.0:
         minutes = int(ctx.campaign.cutoff.total_seconds() // 60)
@@ -99,6 +112,7 @@ def serve(ctx: CycleContext, clock: Clock = Clock(), tick_seconds: float | None 
     with ctx.archive.locked():
         log.info("service_start", campaign=ctx.campaign.name, factor=clock.factor)
         tick()  # catch up at once after downtime
+        scheduler.add_listener(skipped, EVENT_JOB_MAX_INSTANCES)
         scheduler.add_job(tick, trigger, max_instances=1, coalesce=True, misfire_grace_time=None)
         scheduler.start()
         try:

@@ -38,12 +38,12 @@ def _ctx(tiny_nature_run, tmp_path, **kw):
 
 def test_due_cycles_respect_cutoff_and_archive(tiny_nature_run, tmp_path):
     ctx = _ctx(tiny_nature_run, tmp_path)
-    assert due_cycles(ctx, datetime(2000, 1, 2, 0, 59)) == []  # before the cut-off
-    assert due_cycles(ctx, datetime(2000, 1, 2, 7, 0)) == [START, START.next]
+    assert due_cycles(ctx.campaign, ctx.archive, datetime(2000, 1, 2, 0, 59)) == []  # before the cut-off
+    assert due_cycles(ctx.campaign, ctx.archive, datetime(2000, 1, 2, 7, 0)) == [START, START.next]
     catch_up(ctx, datetime(2000, 1, 2, 1, 0))
     assert ctx.archive.done_cycles() == [START]
     # downtime: three cycles missed, caught up in order from the archive's state
-    assert due_cycles(ctx, datetime(2000, 1, 2, 19, 30)) == cycle_range(START.next, CycleTime.parse("2000-01-02T18"))
+    assert due_cycles(ctx.campaign, ctx.archive, datetime(2000, 1, 2, 19, 30)) == cycle_range(START.next, CycleTime.parse("2000-01-02T18"))
     outcomes = catch_up(ctx, datetime(2000, 1, 2, 19, 30))
     assert [o.status for o in outcomes] == ["done"] * 3
     assert ctx.archive.done_cycles() == cycle_range(START, CycleTime.parse("2000-01-02T18"))
@@ -51,7 +51,7 @@ def test_due_cycles_respect_cutoff_and_archive(tiny_nature_run, tmp_path):
 
 def test_due_cycles_stop_at_campaign_end(tiny_nature_run, tmp_path):
     ctx = _ctx(tiny_nature_run, tmp_path, end="2000-01-02T06:00:00")
-    assert due_cycles(ctx, datetime(2000, 1, 5)) == [START, START.next]
+    assert due_cycles(ctx.campaign, ctx.archive, datetime(2000, 1, 5)) == [START, START.next]
 
 
 def test_accelerated_service_runs_and_stops(tiny_nature_run, tmp_path):
@@ -135,3 +135,48 @@ def test_sigterm_finishes_the_cycle_in_flight_and_stops(tiny_nature_run, tmp_pat
     done = Archive.open(tmp_path / "archive").done_cycles()
     assert done and done == cycle_range(START, done[-1])  # a contiguous prefix, nothing half-done
     assert not list(flags.glob("*.tmp"))
+
+
+def test_a_busy_service_logs_one_still_running_line_all_in_json(tiny_nature_run, tmp_path, monkeypatch, capsys):
+    import json
+    import time
+
+    from align_da_ops import logs, scheduler
+
+    ctx = _ctx(tiny_nature_run, tmp_path, end="2000-01-02T06:00:00")
+    real = scheduler.run_cycle
+
+    def slow(ctx, cycle, force=False):
+        time.sleep(0.6)  # triggers every 0.1 s fire while the cycle runs
+        return real(ctx, cycle, force)
+
+    monkeypatch.setattr(scheduler, "run_cycle", slow)
+    logs.configure("json")
+    try:
+        capsys.readouterr()
+        serve(ctx, Clock(factor=12 * 3600, origin=datetime(2000, 1, 2, 1, 0)), tick_seconds=0.1, max_ticks=2)
+        err = capsys.readouterr().err
+    finally:
+        logs.configure()
+    events = [json.loads(line)["event"] for line in err.splitlines() if line.strip()]  # every line is one JSON object
+    assert "maximum number of running instances" not in err
+    assert 1 <= events.count("cycle_still_running") <= 2 and events.count("cycle_done") == 2
+
+
+def test_foreign_library_warnings_are_rendered_as_json(capsys):
+    import json
+    import logging
+
+    from align_da_ops import logs
+
+    logs.configure("json")
+    try:
+        logging.getLogger("apscheduler.scheduler").warning("Run time of job %s was missed by %s", "tick", "0:00:02")
+        logging.getLogger("apscheduler.scheduler").warning("Execution of job x skipped: maximum number of running instances reached (1)")
+        logging.getLogger("apscheduler.scheduler").info("Added job tick")  # below WARNING: not shown
+        err = capsys.readouterr().err
+    finally:
+        logs.configure()
+    records = [json.loads(line) for line in err.splitlines() if line.strip()]
+    assert len(records) == 1 and records[0]["event"] == "Run time of job tick was missed by 0:00:02"
+    assert records[0]["level"] == "warning" and records[0]["logger"] == "apscheduler.scheduler" and "timestamp" in records[0]

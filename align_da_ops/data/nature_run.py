@@ -196,7 +196,7 @@ def generate(
             before_commit(stop)
         save_restart(progress_path, core, state, times_done=stop)
         done = stop
-        log.info("nature_run_chunk", done=done, total=total)
+        log.debug("nature_run_chunk", done=done, total=total)  # the CLI shows a progress bar
         if on_chunk:
             on_chunk(done, total)
     _finish(store, cfg, layout)

@@ -78,3 +78,20 @@ def departure_statistics(
     out = out.reset_index()
     out.insert(0, "departure", label)
     return out[list(STAT_COLUMNS)]
+
+
+def departure_summary(table: pd.DataFrame) -> dict:
+    """One cycle's O−B/O−A in a few numbers (for logs, done flags and `align-da status`): per departure
+    ("omb", "oma"), the count, Jo/n pooled over every used observation, and the RMS per variable pooled
+    over observation types and level bands (count-weighted). Empty table: {}."""
+    out: dict = {}
+    for label, key in (("O-B", "omb"), ("O-A", "oma")):
+        part = table[(table["departure"] == label) & (table["count"] > 0)]
+        if part.empty:
+            continue
+        n = part["count"].astype(float)
+        out[f"{key}_count"] = int(n.sum())
+        out[f"{key}_jo_per_n"] = round(float((n * part["jo_per_n"]).sum() / n.sum()), 6)
+        ss = (n * part["rms"] ** 2).groupby(part["variable"]).sum() / n.groupby(part["variable"]).sum()
+        out[f"{key}_rms"] = {str(v): round(float(np.sqrt(x)), 6) for v, x in ss.items()}
+    return out
