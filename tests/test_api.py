@@ -1,0 +1,58 @@
+"""The Python API: a notebook's cycle, archive and status from `import align_da_ops as ada`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+import align_da_ops as ada
+from align_da_ops.times import CycleTime
+
+from factories import tiny_config_dict
+
+
+def test_import_stays_light():
+    code = "import sys, align_da_ops; assert 'torch' not in sys.modules and 'xarray' not in sys.modules; print(align_da_ops.__all__)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "open_archive" in proc.stdout
+
+
+def test_a_notebook_cycles_reads_and_plots_z500(tiny_nature_run, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_dict(tiny_nature_run), sort_keys=False))
+    campaign = tmp_path / "campaign.yaml"
+    campaign.write_text(yaml.safe_dump({
+        "name": "api-test", "config": str(config), "start": "2000-01-02T00:00:00", "end": "2000-01-02T12:00:00",
+        "observations": {"networks": [{"kind": "stations", "max_stations": 100}]},
+        "analysis": {"kind": "threedvar", "max_iterations": 30}, "forecast_model": {"kind": "persistence"},
+        "cold_start": {"kind": "truth_offset", "offset_days": 1}, "leads_hours": [6, 12], "archive": str(tmp_path / "archive"),
+    }))
+    ctx = ada.open_campaign(campaign, overrides=["seed=3"])
+    assert ctx.campaign.seed == 3
+    outcomes = ada.replay(ctx, end="2000010206")
+    assert [o.status for o in outcomes] == ["done", "done"]
+    assert ada.run_cycle(ctx, "2000-01-02T06").status == "skipped"
+    tree = ada.open_archive(ctx.archive.root)
+    assert {"analysis", "background", "forecast"} <= set(tree.children)
+    analysis = tree["analysis"].to_dataset()
+    assert analysis["done"].values.tolist() == [True, True]
+    z500 = analysis["geopotential"].sel(level=500, time="2000-01-02T06")
+    expected = ctx.archive.read_state("analysis", CycleTime.parse("2000-01-02T06"))
+    channel = ctx.archive.layout.channels.index("geopotential_500")
+    np.testing.assert_array_equal(z500.values, expected[channel].numpy())
+    assert tree["forecast"]["geopotential"].sizes["lead"] == 2
+    z500.plot()
+    matplotlib.pyplot.savefig(tmp_path / "z500.png")
+    assert (tmp_path / "z500.png").stat().st_size > 0
+    report = ada.status(campaign)
+    assert report["health"] == "behind" and report["counts"]["done"] == 2
+    with pytest.raises(ValueError, match="6-hourly"):
+        ada.cycle_time("2000-01-02T03")
