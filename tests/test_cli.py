@@ -74,3 +74,13 @@ def test_bench_nature_run_prints_a_table():
     res = runner.invoke(app, ["bench", "nature-run", "--truncations", "21", "--hours", "6"])
     assert res.exit_code == 0, res.output
     assert "T21 L8" in res.output and "s / 6 h" in res.output
+
+
+def test_train_forecast_command_shows_epochs_and_writes_a_checkpoint(tiny_nature_run, tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_dict(tiny_nature_run), sort_keys=False))
+    target = tmp_path / "forecast.pt"
+    res = runner.invoke(app, ["--threads", "1", "train", "forecast", str(config), "--epochs", "1", "--width", "8", "--blocks", "1",
+                              "--rollout-steps", "1", "--batch-size", "4", "-o", str(target)])
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert "wrote" in res.output and "1 epochs" in res.output and target.stat().st_size > 0

@@ -14,7 +14,6 @@ Results: mean over cases, then mean and std over seeds.
 
 from __future__ import annotations
 
-from datetime import timedelta
 
 import numpy as np
 import torch

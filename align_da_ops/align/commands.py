@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from align_da_ops.progress import progress_bar
+
 out = Console(width=None if sys.stdout.isatty() else 240)
 
 
@@ -63,7 +65,6 @@ def align_command(
 ):
     """Build preference pairs from the unaligned prior (if needed) and fine-tune it by Diffusion-DPO/IPO."""
     import torch
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from align_da_ops import checkpoint_io, grid
     from align_da_ops.align import preferences as prefs
@@ -89,28 +90,26 @@ def align_command(
         if existing.get("prior") != reference.content_hash or existing["settings"] != prefs.dataclasses.asdict(psettings):
             out.print(f"{pairs_path} was built from another prior or with other settings: rebuilding")
             existing = None
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True)) as bar:
-        if existing is None:
-            if from_archive is not None:
-                cases = list(prefs.cases_from_archive(Archive.open(from_archive), states, layout, psettings))
-            else:
-                train = cfg.splits.train
-                cases = list(prefs.cases_from_states(states, layout, model, train.start, train.end, psettings))
-            task = bar.add_task("preference cases", total=len(cases))
+    if existing is None:
+        if from_archive is not None:
+            cases = list(prefs.cases_from_archive(Archive.open(from_archive), states, layout, psettings))
+        else:
+            train = cfg.splits.train
+            cases = list(prefs.cases_from_states(states, layout, model, train.start, train.end, psettings))
+        with progress_bar("preference cases", total=len(cases)) as bar:
             built = prefs.build(cases, ae, reference, model, layout, states[grid.LAT].values, states[grid.LON].values,
-                                psettings, on_case=lambda i, n: bar.update(task, completed=i, description=f"cases ({n} pairs)"))
-            digest = prefs.write_pairs(pairs_path, built, psettings, {
-                "prior": reference.content_hash, "autoencoder": ae.content_hash, "forecast_model": model.content_hash,
-                "source": str(from_archive) if from_archive else f"nature run {cfg.splits.train.start:%Y-%m-%d}..{cfg.splits.train.end:%Y-%m-%d}",
-            })
-            bar.console.print(f"wrote {pairs_path}: {built['counts']} (hash {digest})")
-        data = prefs.read_pairs(pairs_path)
-        settings = AlignSettings(loss=loss, beta=beta, lr=lr, steps=steps, batch_size=batch_size, seed=seed)
-        target = output or default_aligned(cfg.name, variant)
-        task = bar.add_task("alignment", total=steps)
+                                psettings, on_case=lambda i, n: bar(i, description=f"cases ({n} pairs)"))
+        digest = prefs.write_pairs(pairs_path, built, psettings, {
+            "prior": reference.content_hash, "autoencoder": ae.content_hash, "forecast_model": model.content_hash,
+            "source": str(from_archive) if from_archive else f"nature run {cfg.splits.train.start:%Y-%m-%d}..{cfg.splits.train.end:%Y-%m-%d}",
+        })
+        out.print(f"wrote {pairs_path}: {built['counts']} (hash {digest})")
+    data = prefs.read_pairs(pairs_path)
+    settings = AlignSettings(loss=loss, beta=beta, lr=lr, steps=steps, batch_size=batch_size, seed=seed)
+    target = output or default_aligned(cfg.name, variant)
+    with progress_bar("alignment", total=steps) as bar:
         history = align(prior_path, data, target, settings, device,
-                        on_step=lambda i, n, l, a: bar.update(task, completed=i, description=f"{loss} loss {l:.4f} acc {a:.2f}"))
+                        on_step=lambda i, n, l, a: bar(i, description=f"{loss} loss {l:.4f} acc {a:.2f}"))
     s = summary(history)
     ckpt = prior_io.read(target)
     out.print(f"wrote {target} (hash {ckpt['content_hash']}; reference {ckpt['lineage']['reference']}, preference data "
@@ -136,7 +135,6 @@ def bench_alignment(
 ):
     """Tables 1-2 of the paper on the held-out period: guidance x {unaligned, -P, -M}, mean ± std over seeds."""
     import torch
-    from rich.progress import Progress
 
     from align_da_ops import grid
     from align_da_ops.align import benchmark
@@ -167,9 +165,8 @@ def bench_alignment(
     rows = {}
     modes = guidance.split(",")
     total = len(the_cases) * (seeds * len(modes) * len(loaded) + (2 if threedvar else 0))
-    with Progress(console=Console(stderr=True)) as bar:
-        task = bar.add_task("analyses", total=total)
-        tick = lambda: bar.advance(task)  # noqa: E731
+    with progress_bar("analyses", total=total) as bar:
+        tick = bar.advance
         if threedvar:
             rows["background"] = benchmark.evaluate(BackgroundOnly, the_cases, [0], model, layout, norm, lat, lon, interp, on_case=tick)
             rows["3D-Var"] = benchmark.evaluate(lambda: ThreeDVar.from_config(ThreeDVarConfig(), layout.channels, lat, lon),

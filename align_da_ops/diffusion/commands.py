@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from align_da_ops.progress import progress_bar
+
 out = Console(width=None if sys.stdout.isatty() else 140)
 
 
@@ -46,7 +48,6 @@ def train_prior(
 ):
     """Train (or resume) the background-conditioned latent prior by denoising score matching."""
     import torch
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from align_da_ops import checkpoint_io
     from align_da_ops.config import load_config
@@ -69,16 +70,14 @@ def train_prior(
     settings = PriorSettings(epochs=epochs, batch_size=batch_size, lr=lr, width=width, blocks=blocks, levels=levels,
                              leads=_parse_ints(leads, "--leads"), seed=seed)
     target = output or default_prior(cfg.name)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True)) as bar:
-        task = bar.add_task("epoch", total=None)
+    with progress_bar("epoch") as bar:
 
         def on_step(epoch, i, n, loss):
-            bar.update(task, completed=i, total=n, description=f"epoch {epoch + 1}/{epochs} loss {loss:.4f}")
+            bar(i, n, f"epoch {epoch + 1}/{epochs} loss {loss:.4f}")
 
         def on_epoch(r):
             if r["epoch"] % 10 == 0 or r["epoch"] == epochs:
-                bar.console.print(f"epoch {r['epoch']:4d}  loss {r['loss']:.4f}  validation {r['val_loss']:.4f}  {r['seconds']:.1f} s")
+                bar.print(f"epoch {r['epoch']:4d}  loss {r['loss']:.4f}  validation {r['val_loss']:.4f}  {r['seconds']:.1f} s")
 
         history = run(cfg, target, ae, model, settings, device, on_step=on_step, on_epoch=on_epoch)
     ckpt = prior_io.read(target)

@@ -14,6 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from align_da_ops.progress import progress_bar
+
 out = Console(width=None if sys.stdout.isatty() else 140)
 
 
@@ -39,7 +41,6 @@ def train_forecast(
 ):
     """Train (or resume) the neural 6-h forecast model on the config's train split; validate per epoch."""
     import torch
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from align_da_ops.config import load_config
     from align_da_ops.devices import resolve_device
@@ -54,15 +55,13 @@ def train_forecast(
                              rollout_from_epoch=rollout_from_epoch,
                              width=width, blocks=blocks, levels=levels, seed=seed)
     device = resolve_device(cfg.device)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True)) as bar:
-        task = bar.add_task("epoch", total=None)
+    with progress_bar("epoch") as bar:
 
         def on_step(epoch, i, n, loss):
-            bar.update(task, completed=i, total=n, description=f"epoch {epoch + 1}/{epochs} loss {loss:.3f}")
+            bar(i, n, f"epoch {epoch + 1}/{epochs} loss {loss:.3f}")
 
         def on_epoch(r):
-            bar.console.print(
+            bar.print(
                 f"epoch {r['epoch']:3d}  loss {r['loss']:.4f}  val WRMSE z500 {r['z500_6h']:.1f}/{r['z500_24h']:.1f} m²/s²"
                 f"  t850 {r['t850_6h']:.3f}/{r['t850_24h']:.3f} K (6/24 h)  {r['seconds']:.1f} s"
             )

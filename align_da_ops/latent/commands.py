@@ -14,6 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from align_da_ops.progress import progress_bar
+
 out = Console(width=None if sys.stdout.isatty() else 140)
 PAPER_MSE = 0.0067  # Align-DA's autoencoder reconstruction MSE on ERA5, normalised units (Sun et al. 2025)
 
@@ -39,7 +41,6 @@ def train_autoencoder(
 ):
     """Train (or resume) the latent autoencoder on the config's train split; validate per epoch; score val/test."""
     import torch
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from align_da_ops.config import load_config
     from align_da_ops.data.sources import layout_of
@@ -56,15 +57,13 @@ def train_autoencoder(
         width=width, blocks=blocks, seed=seed,
     )
     device = resolve_device(cfg.device)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True)) as bar:
-        task = bar.add_task("epoch", total=None)
+    with progress_bar("epoch") as bar:
 
         def on_step(epoch, i, n, loss):
-            bar.update(task, completed=i, total=n, description=f"epoch {epoch + 1}/{epochs} loss {loss:.4f}")
+            bar(i, n, f"epoch {epoch + 1}/{epochs} loss {loss:.4f}")
 
         def on_epoch(r):
-            bar.console.print(f"epoch {r['epoch']:3d}  loss {r['loss']:.5f}  val MSE {r['val_mse']:.5f}  "
+            bar.print(f"epoch {r['epoch']:3d}  loss {r['loss']:.5f}  val MSE {r['val_mse']:.5f}  "
                               f"MAE {r['val_mae']:.5f} (normalised)  {r['seconds']:.1f} s")
 
         history = training.train_autoencoder(cfg, target, settings, device, on_step=on_step, on_epoch=on_epoch)
