@@ -174,10 +174,12 @@ def _print_status(r: dict) -> None:
     if not r["cycles"]:
         return
     variables = sorted({v for row in r["cycles"] for v in row.get("omb_rms", {})})
-    table = Table(title="last cycles: O−B / O−A RMS of used observations (pooled over types and levels); "
-                        "Jo/n = mean((d/σo)²), ≈ 1 + σb²/σo² for O−B when errors are consistent")
+    table = Table(title="last cycles: O−B / O−A RMS of the used observations",
+                  caption="RMS pooled over observation types and levels; Jo/n = mean((d/σo)²), "
+                          "≈ 1 + σb²/σo² for O−B when the error statistics are consistent")
     heads = [f"{SHORT.get(v, (v, ''))[0]} ({SHORT.get(v, ('', '?'))[1]})" for v in variables]
-    for col in ("cycle", "state", "obs used", "Jo/n O−B", "Jo/n O−A", *heads, "s", "note"):
+    table.add_column("cycle", no_wrap=True, min_width=14)
+    for col in ("state", "obs used", "Jo/n O−B", "Jo/n O−A", *heads, "s", "note"):
         table.add_column(col)
     for row in r["cycles"]:
         pairs = [f"{row['omb_rms'][v]:.3g} / {row['oma_rms'][v]:.3g}" if v in row.get("omb_rms", {}) and v in row.get("oma_rms", {})
