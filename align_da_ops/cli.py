@@ -214,7 +214,8 @@ def inspect(
     png: Optional[Path] = typer.Option(None, help="Write a PNG map of --var here."),
 ):
     """Summarise a state store (Zarr or GRIB) or a cycling archive; optionally write PNGs."""
-    from align_da_ops.inspection import is_archive, open_any, select_map, summary, write_map_png
+    from align_da_ops.inspection import is_archive, open_any, select_map, summary
+    from align_da_ops.plots import field_label, map_png
 
     if is_archive(path):
         _inspect_archive(path, variable or "geopotential", level if level is not None else (500 if variable is None else None), png)
@@ -242,14 +243,15 @@ def inspect(
             raise typer.BadParameter("--png needs --var")
         da = select_map(ds, variable, level, time_index, member)
         when = str(da["time"].values)[:16] if "time" in da.coords else ""
-        title = f"{variable}{f' {level} hPa' if level else ''} {when}"
-        out.print(f"wrote {write_map_png(da, png, title)}")
+        map_png(da, png, f"{field_label(variable, level)} ({variable}) {when}", variable=variable)
+        out.print(f"wrote {png}")
 
 
 def _inspect_archive(path: Path, variable: str, level: Optional[int], png_dir: Optional[Path]) -> None:
     from align_da_ops import evaluation
     from align_da_ops.archive import Archive
-    from align_da_ops.inspection import write_archive_pngs
+    from align_da_ops.plots import archive_pngs
+    from align_da_ops.report import truth_for
 
     archive = Archive.open(path)
     done = archive.done_cycles()
@@ -257,11 +259,14 @@ def _inspect_archive(path: Path, variable: str, level: Optional[int], png_dir: O
               + (f", {done[0]} .. {done[-1]}" if done else ""))
     if not done:
         return
-    truth, norm, climatology = _truth_for(archive)
+    truth = truth_for(archive)
     scores = None
-    if truth is not None:
-        scores = evaluation.archive_scores(archive, truth, archive.meta["experiment"], norm=norm, climatology=climatology)
+    if truth.states is not None:
+        scores = evaluation.archive_scores(archive, truth.states, archive.meta["experiment"], norm=truth.norm,
+                                           climatology=truth.climatology)
         _print_scores({archive.meta["experiment"]: scores}, archive.leads)
+    else:
+        out.print(f"no scores against a truth: {truth.note}")
     flags = [c for c in done if archive.provenance(c).get("fallback") or archive.provenance(c).get("no_observations")]
     if flags:
         out.print(f"flagged cycles (fallback / no observations): {', '.join(map(str, flags[:10]))}")
@@ -275,40 +280,23 @@ def _inspect_archive(path: Path, variable: str, level: Optional[int], png_dir: O
             table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
         out.print(table)
     if png_dir is not None:
-        for p in write_archive_pngs(archive, scores, obs, truth, png_dir, variable, level):
+        for p in archive_pngs(archive, png_dir, variable, level, truth.states, scores):
             out.print(f"wrote {p}")
 
 
-def _truth_for(archive):
-    """The nature run the archive's campaign cycled against (OSSE), via its provenance; else None."""
-    from align_da_ops.campaign import load_campaign
-
-    prov = archive.provenance(archive.done_cycles()[0])
-    source = prov.get("campaign_file")
-    if not source or not Path(source).exists():
-        return None, None, None
-    _, experiment = load_campaign(source)
-    if experiment.data.kind != "nature_run":
-        return None, None, None
-    return _truth_norm_climatology(experiment)
-
-
 def _truth_norm_climatology(experiment):
-    """Truth states, normalisation and the training split's symmetric climatology (the ACC reference) of an OSSE."""
-    from align_da_ops.data.sources import layout_of, open_states, read_normalization
-    from align_da_ops.evaluation import acc_climatology
+    """`report.truth_norm_climatology` (truth, normalisation, ACC climatology of an OSSE), imported when called."""
+    from align_da_ops.report import truth_norm_climatology
 
-    truth = open_states(experiment)
-    train = experiment.splits.train
-    climatology = acc_climatology(truth, layout_of(experiment), train.start, train.end)
-    return truth, read_normalization(experiment.nature_run.output), climatology
+    return truth_norm_climatology(experiment)
 
 
 def _print_scores(tables: dict, leads) -> None:
     from align_da_ops.evaluation import HEADLINE, drift, headline
 
     table = Table(title="WRMSE against truth, sqrt of the mean weighted MSE over cycles (z500 m²/s², t850 K, u/v500 m/s); "
-                        "drift = last third / middle third of z500")
+                        "drift z500 = z500 WRMSE of the last third of the cycles / of the middle third "
+                        "(≈1 steady, >1 growing errors; blank under 6 cycles)")
     short = {"geopotential": "z", "temperature": "t", "u_component_of_wind": "u", "v_component_of_wind": "v"}
     for col in ("run", "lead", *[f"{short[v]}{p}" for v, p in HEADLINE], "mse_norm", "mae_norm", "acc z500", "drift z500"):
         table.add_column(col)
@@ -325,8 +313,35 @@ def _print_scores(tables: dict, leads) -> None:
             table.add_row(name, "analysis" if lead == 0 else f"+{lead} h", *[f"{x:.3g}" for x in h.values()],
                           f"{sel['mse_normalized'].mean():.4f}" if "mse_normalized" in sel else "",
                           f"{sel['mae_normalized'].mean():.4f}" if "mae_normalized" in sel else "",
-                          f"{sel['acc_geopotential_500'].mean():.3f}" if "acc_geopotential_500" in sel else "", f"{d:.2f}")
+                          f"{sel['acc_geopotential_500'].mean():.3f}" if "acc_geopotential_500" in sel else "",
+                          f"{d:.2f}" if np.isfinite(d) else "")
     out.print(table)
+
+
+@app.command("report")
+def report_cmd(
+    archive: Path = typer.Argument(..., help="Archive directory (a campaign's `archive:`)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Directory for index.html and its PNGs."),
+    variable: str = typer.Option("geopotential", "--var", help="Variable of the maps and time series (ERA5/WB2 name)."),
+    level: Optional[int] = typer.Option(None, help="Pressure level (hPa) of --var; default 500 for geopotential."),
+    cycle: Optional[str] = typer.Option(None, help="Cycle the maps show, e.g. 2000-01-11T06; default the last done."),
+    truth: Optional[Path] = typer.Option(None, help="Experiment config whose nature run is the truth (default: the one "
+                                         "the archive's provenance names)."),
+):
+    """Write a static HTML report of an archive: scores, observation statistics, maps, ensemble, QC, provenance."""
+    from align_da_ops.inspection import is_archive
+    from align_da_ops.report import write_report
+    from align_da_ops.times import CycleTime
+
+    if not is_archive(archive):
+        raise typer.BadParameter(f"{archive} is not an archive (no archive.json)")
+    try:
+        when = CycleTime.parse(cycle) if cycle is not None else None
+    except ValueError as exc:
+        raise typer.BadParameter(f"--cycle {cycle!r}: {exc}") from None
+    if level is None and variable == "geopotential":
+        level = 500
+    out.print(f"wrote {write_report(archive, output, variable, level, when, truth)}")
 
 
 # -- cycling ---------------------------------------------------------------------------------

@@ -1,11 +1,9 @@
-"""Look inside a state store: a text summary and PNG maps (used by `align-da inspect`)."""
+"""Look inside a state store or an archive (used by `align-da inspect`; the figures are in `plots`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import xarray as xr
 
 from align_da_ops import grid
@@ -45,6 +43,8 @@ def summary(ds: xr.Dataset) -> dict:
 
 
 def select_map(ds: xr.Dataset, variable: str, level: int | None, time_index: int, member: int) -> xr.DataArray:
+    """The 2-D (latitude, longitude) field of `variable` at `level` (hPa; upper-air variables only), time index
+    and member, loaded; a SchemaError names what is missing or out of range."""
     if variable not in ds.data_vars:
         raise SchemaError(f"no variable {variable!r}; have {sorted(ds.data_vars)}")
     da = ds[variable]
@@ -65,92 +65,7 @@ def select_map(ds: xr.Dataset, variable: str, level: int | None, time_index: int
     return da.load()
 
 
-def write_map_png(da: xr.DataArray, path: str | Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    lon = da[grid.LON].values
-    lat = da[grid.LAT].values
-    values = np.asarray(da.values)
-    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
-    mesh = ax.pcolormesh(lon, lat, values, shading="nearest", cmap="RdBu_r" if values.min() < 0 < values.max() else "viridis")
-    fig.colorbar(mesh, ax=ax, label=da.attrs.get("units", ""), shrink=0.85)
-    ax.set_xlabel("longitude (°E)")
-    ax.set_ylabel("latitude (°N)")
-    ax.set_xlim(0, 360)
-    ax.set_ylim(-90, 90)
-    ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
 # -- archives ------------------------------------------------------------------------------
 def is_archive(path: str | Path) -> bool:
+    """Whether `path` is a cycling archive directory (it holds archive.json)."""
     return (Path(path) / "archive.json").exists()
-
-
-def write_archive_pngs(archive, scores, obs_rows, truth, out_dir: Path, variable: str, level: int | None) -> list[Path]:
-    """Maps (analysis, increment, error) of the last cycle, WRMSE time series, O-B histograms."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    cycle = archive.done_cycles()[-1]
-    t = cycle.as_numpy()
-    pick = lambda ds: select_map(ds.sel({grid.TIME: t}), variable, level, 0, 0)
-    analysis = pick(archive.open_product("analysis"))
-    background = pick(archive.open_product("background"))
-    label = f"{variable}{f' {level} hPa' if level else ''} {cycle}"
-    written.append(write_map_png(analysis, out_dir / "analysis.png", f"analysis {label}"))
-    written.append(write_map_png(analysis - background, out_dir / "increment.png", f"increment (a - b) {label}"))
-    if truth is not None and t in truth.indexes[grid.TIME]:
-        error = analysis - pick(truth)
-        written.append(write_map_png(error, out_dir / "error.png", f"analysis error (a - truth) {label}"))
-    if scores is not None and len(scores):
-        key = f"wrmse_{variable}_{level}" if level else f"wrmse_{variable}"
-        fig, ax = plt.subplots(figsize=(9, 4), dpi=100)
-        for lead in sorted(set(scores.index.get_level_values("lead"))):
-            series = scores.xs(lead, level="lead")[key]
-            times = series.index.get_level_values("cycle_time")
-            ax.plot(times, series.values, label="analysis" if lead == pd.Timedelta(0) else f"+{int(lead.total_seconds() // 3600)} h")
-        ax.set_ylabel(f"WRMSE {key[6:]}")
-        ax.legend()
-        ax.set_title(f"{archive.meta['experiment']}: error against truth")
-        fig.autofmt_xdate()
-        fig.tight_layout()
-        fig.savefig(out_dir / "rmse_timeseries.png")
-        plt.close(fig)
-        written.append(out_dir / "rmse_timeseries.png")
-    written.append(_departure_histograms(archive, out_dir / "omb_histograms.png"))
-    return written
-
-
-def _departure_histograms(archive, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    batch, ds, _ = archive.read_obs(archive.done_cycles()[-1])
-    variables = sorted(set(batch.variable[batch.passed]))
-    fig, axes = plt.subplots(1, max(1, len(variables)), figsize=(3.2 * max(1, len(variables)), 3), dpi=100, squeeze=False)
-    for ax, var in zip(axes[0], variables):
-        use = batch.passed & (batch.variable == var)
-        omb = batch.value[use] - ds["hofx_background"].values[use]
-        oma = batch.value[use] - ds["hofx_analysis"].values[use]
-        bins = np.linspace(*np.nanpercentile(np.concatenate([omb, oma]), [1, 99]), 40)
-        ax.hist(omb, bins=bins, alpha=0.6, label="O-B")
-        ax.hist(oma, bins=bins, alpha=0.6, label="O-A")
-        ax.set_title(var.replace("_component_of_wind", " wind"), fontsize=9)
-    axes[0][0].legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path

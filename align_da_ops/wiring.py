@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -156,6 +157,7 @@ def build_context(campaign: CampaignConfig, experiment: ExperimentConfig) -> Cyc
         "campaign": campaign.name,
         "config_hash": config_hash(experiment),
         "campaign_hash": config_hash(campaign),
+        "experiment_file": str(Path(campaign.config).resolve()),  # where `report`/`inspect` find the truth
         "code_version": align_da_ops.__version__,
         "torch_version": torch.__version__,
         "device": str(device),

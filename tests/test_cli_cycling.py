@@ -53,7 +53,9 @@ def test_replay_resume_cycle_and_inspect(tiny_nature_run, tmp_path):
     for needle in ("3 cycles done", "WRMSE against truth", "analysis", "+6 h", "O-B", "O-A"):
         assert needle in shown.output, needle
     names = {p.name for p in pngs.iterdir()}
-    assert names == {"analysis.png", "increment.png", "error.png", "rmse_timeseries.png", "omb_histograms.png"}
+    assert names == {"analysis.png", "increment.png", "error.png", "background_error.png", "rmse_timeseries.png",
+                     "departure_histograms.png"}
+    assert all(p.stat().st_size > 0 for p in pngs.iterdir())
 
 
 def test_locked_archive_gives_exit_code_10_and_predecessor_not_done_7(tiny_nature_run, tmp_path):
