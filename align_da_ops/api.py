@@ -52,7 +52,7 @@ def run_cycle(ctx: CycleContext, at: CycleTime | datetime | str, force: bool = F
 
 def replay(ctx: CycleContext, start=None, end=None, force: bool = False) -> list[CycleOutcome]:
     """Run cycles start..end (default: the campaign's period) back to back; done cycles are skipped."""
-    from align_da_ops.replay import replay as run
+    from align_da_ops.replaying import replay as run
 
     last = cycle_time(end) if end is not None else ctx.campaign.last
     if last is None:
@@ -89,7 +89,7 @@ def open_archive(path: str | Path):
 
 def status(target: str | Path, now: datetime | None = None, last_n: int = 8) -> dict:
     """The `align-da status --json` report of a campaign file or archive directory."""
-    from align_da_ops.status import campaign_status, expectation_for
+    from align_da_ops.cycle_status import campaign_status, expectation_for
 
     archive, expect = expectation_for(Path(target))
     return campaign_status(archive, expect, now, last_n)

@@ -425,7 +425,7 @@ def bench_cycling(
     """
     from align_da_ops import evaluation
     from align_da_ops.cycling_commands import context
-    from align_da_ops.replay import replay
+    from align_da_ops.replaying import replay
     from align_da_ops.times import CycleTime
 
     tables, stages = {}, {}

@@ -64,7 +64,7 @@ def replay_cmd(
     overrides: list[str] = OVERRIDES,
 ):
     """Run a period's cycles back to back; rerun after a crash or Ctrl-C to resume."""
-    from align_da_ops.replay import replay
+    from align_da_ops.replaying import replay
     from align_da_ops.times import CycleTime, cycle_range
 
     camp, _ = load(campaign, overrides)
@@ -118,7 +118,7 @@ def status_cmd(
     """Cycles by state, gaps, last done cycle, lag, fallbacks, failures and per-cycle O−B/O−A.
 
     Exit code: 0 healthy, 13 behind, 14 failing (usable as a health check)."""
-    from align_da_ops.status import campaign_status, expectation_for
+    from align_da_ops.cycle_status import campaign_status, expectation_for
 
     archive, expect = expectation_for(target)
     report = campaign_status(archive, expect, datetime.fromisoformat(now) if now else None, last_n=last)

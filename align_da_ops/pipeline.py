@@ -58,7 +58,7 @@ def run_chain(config_path: Path, cfg: ExperimentConfig, workdir: Path, settings:
     from align_da_ops.forecast.training import TrainSettings, train
     from align_da_ops.latent.checkpoint import load_autoencoder
     from align_da_ops.latent.training import AutoencoderSettings, train_autoencoder
-    from align_da_ops.replay import replay
+    from align_da_ops.replaying import replay
     from align_da_ops.wiring import build_context
 
     workdir = Path(workdir)

@@ -221,7 +221,7 @@ def tuning_runs(suite: SuiteConfig, experiment: ExperimentConfig, methods: list[
 
 def execute(runs: list[Run], progress: Callable[[Run, int, int], None] | None = None) -> None:
     """Replay every distinct campaign (resuming what is done; shared free runs once)."""
-    from align_da_ops.replay import replay
+    from align_da_ops.replaying import replay
     from align_da_ops.wiring import build_context
 
     seen, distinct = set(), []

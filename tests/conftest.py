@@ -37,14 +37,18 @@ def latent_models(tiny_nature_run, tmp_path_factory):
 
     from factories import TEST_PRIOR
 
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("latent")
-    cfg = tiny_config(tiny_nature_run)
-    ae_path = root / "autoencoder.pt"
-    train_autoencoder(cfg, ae_path, AutoencoderSettings(epochs=1, latent_channels=8, width=8, blocks=1))
-    layout = layout_of(cfg)
-    ae = load_autoencoder(ae_path, layout.channels, 32, 64)
-    forecast = load_model(shipped_checkpoint("tiny"), layout.channels, 32, 64)
-    prior_path = root / "prior.pt"
-    train_prior(cfg, prior_path, ae, forecast, TEST_PRIOR)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tests that retrain and compare bitwise use one thread too
+    try:
+        root = tmp_path_factory.mktemp("latent")
+        cfg = tiny_config(tiny_nature_run)
+        ae_path = root / "autoencoder.pt"
+        train_autoencoder(cfg, ae_path, AutoencoderSettings(epochs=1, latent_channels=8, width=8, blocks=1))
+        layout = layout_of(cfg)
+        ae = load_autoencoder(ae_path, layout.channels, 32, 64)
+        forecast = load_model(shipped_checkpoint("tiny"), layout.channels, 32, 64)
+        prior_path = root / "prior.pt"
+        train_prior(cfg, prior_path, ae, forecast, TEST_PRIOR)
+    finally:
+        torch.set_num_threads(threads)
     return cfg, root, ae, forecast, prior_path

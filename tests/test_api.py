@@ -22,6 +22,19 @@ def test_import_stays_light():
     assert "open_archive" in proc.stdout
 
 
+def test_api_names_survive_importing_every_submodule():
+    """A submodule named like an API function would replace it on the package once imported."""
+    code = (
+        "import importlib, pkgutil, align_da_ops\n"
+        "for m in pkgutil.walk_packages(align_da_ops.__path__, 'align_da_ops.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "bad = [n for n in align_da_ops.API if not callable(getattr(align_da_ops, n))]\n"
+        "assert not bad, bad\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_a_notebook_cycles_reads_and_plots_z500(tiny_nature_run, tmp_path):
     import matplotlib
 

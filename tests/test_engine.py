@@ -18,7 +18,7 @@ from align_da_ops.archive import Archive
 from align_da_ops.campaign import CampaignConfig
 from align_da_ops.engine import run_cycle
 from align_da_ops.errors import ArchiveError, CycleFailedError
-from align_da_ops.replay import replay
+from align_da_ops.replaying import replay
 from align_da_ops.times import CycleTime
 from align_da_ops.wiring import build_context
 
@@ -147,7 +147,7 @@ KILLER = textwrap.dedent(
     from align_da_ops.analysis import threedvar
     from align_da_ops.campaign import CampaignConfig
     from align_da_ops.config import ExperimentConfig, load_config
-    from align_da_ops.replay import replay
+    from align_da_ops.replaying import replay
     from align_da_ops.times import CycleTime
     stage, campaign_file, config_file = sys.argv[1:4]
     target = CycleTime.parse("{end}")
@@ -176,7 +176,7 @@ KILLER = textwrap.dedent(
     def tracking(ctx, cycle, force=False):
         engine_cycle[0] = cycle
         return run(ctx, cycle, force)
-    import align_da_ops.replay as rp
+    import align_da_ops.replaying as rp
     rp.run_cycle = tracking
     campaign = CampaignConfig.model_validate(yaml.safe_load(open(campaign_file)))
     ctx = wiring.build_context(campaign, load_config(config_file))

@@ -17,7 +17,7 @@ from align_da_ops.campaign import CampaignConfig
 from align_da_ops.engine import run_cycle
 from align_da_ops.errors import CycleFailedError
 from align_da_ops.forecast.base import rollout
-from align_da_ops.replay import replay
+from align_da_ops.replaying import replay
 from align_da_ops.wiring import build_context
 
 from test_engine import END, START, campaign_dict, world  # noqa: F401  (module fixture)
@@ -124,7 +124,7 @@ KILLER = textwrap.dedent(
     from align_da_ops.analysis import letkf
     from align_da_ops.campaign import CampaignConfig
     from align_da_ops.config import load_config
-    from align_da_ops.replay import replay
+    from align_da_ops.replaying import replay
     from align_da_ops.times import CycleTime
     stage, campaign_file, config_file, threads = sys.argv[1:5]
     import torch

@@ -16,12 +16,22 @@ from align_da_ops.errors import CheckpointError
 from align_da_ops.forecast.base import Persistence
 from align_da_ops.obs.batch import ObsBatch
 from align_da_ops.obs.operators import GridInterpolator
-from align_da_ops.replay import replay
+from align_da_ops.replaying import replay
 from align_da_ops.times import CycleTime
 from align_da_ops.wiring import build_context
 
 from factories import TEST_PRIOR as PRIOR
 from factories import tiny_config, tiny_config_dict
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Bitwise comparisons with the fixture's models, which were trained on one thread (float sums
+    depend on the thread count, and another test may have changed it)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

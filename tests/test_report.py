@@ -24,7 +24,7 @@ from align_da_ops.campaign import load_campaign
 from align_da_ops.cli import app
 from align_da_ops.engine import run_cycle
 from align_da_ops.errors import CycleFailedError
-from align_da_ops.replay import replay
+from align_da_ops.replaying import replay
 from align_da_ops.report import truth_for, write_report
 from align_da_ops.times import CycleTime
 from align_da_ops.verify import over_cycles

@@ -16,7 +16,7 @@ from align_da_ops.archive import Archive
 from align_da_ops.cli import app
 from align_da_ops.config import apply_overrides
 from align_da_ops.errors import ConfigError, CycleFailedError
-from align_da_ops.status import Expectation, campaign_status
+from align_da_ops.cycle_status import Expectation, campaign_status
 from align_da_ops.times import CycleTime
 
 from factories import tiny_config_dict

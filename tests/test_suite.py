@@ -12,7 +12,7 @@ import yaml
 from align_da_ops import statistics
 from align_da_ops.archive import Archive
 from align_da_ops.campaign import CampaignConfig
-from align_da_ops.replay import replay
+from align_da_ops.replaying import replay
 from align_da_ops.suite import SuiteConfig, execute, load_suite, scoring_runs, scoring_window, tuning_runs
 from align_da_ops.times import CycleTime
 from align_da_ops.wiring import build_context
