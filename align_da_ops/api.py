@@ -62,7 +62,7 @@ def replay(ctx: CycleContext, start=None, end=None, force: bool = False) -> list
 
 def open_archive(path: str | Path):
     """The archive as a lazy xarray DataTree: one child per product present (analysis, background,
-    forecast with `lead`, spread, members with `member`) up to the last done cycle, each with a boolean
+    forecast with `prediction_timedelta` and `valid_time`, spread, members with `member`) up to the last done cycle, each with a boolean
     `done` per time (False: the cycle is not done and its values are NaN); the archive's description in
     the root's attrs."""
     import numpy as np

@@ -3,8 +3,14 @@
 Layout of an archive directory:
   archive.json            what the archive is for (experiment, layout, grid, leads)
   grid.zarr/<product>/    xarray datasets in the state schema with a `time` (cycle) axis:
-                          background, analysis, spread (ensembles), forecast (+`lead`), members (+`member`)
-  obs/<YYYYMMDDHH>.nc     observation table with QC flags, H(x_b), H(x_a) and the O-B/O-A statistics
+                          background, analysis, spread (ensembles), forecast (+`prediction_timedelta`),
+                          members (+`member`); CF attributes (units, standard_name, long_name, axis) on every
+                          variable and coordinate, `Conventions` and the archive's description on every
+                          group, consolidated metadata at the root (`xr.open_datatree(grid.zarr, engine="zarr")`)
+  obs/<YYYYMMDDHH>.ioda.nc  the cycle's observations in IODA v3 (PreQC, EffectiveQC, hofx0 = H(x_b),
+                          hofx1 = H(x_a), ombg, oman; see obs/ioda.py); archives of earlier versions hold
+                          obs/<YYYYMMDDHH>.nc (one table), still read
+  obs/<YYYYMMDDHH>.monitoring.nc  O-B/O-A statistics per observation type, variable and level band
   cycles/<YYYYMMDDHH>.json  the done flag, holding the cycle's provenance and the SHA-256 of every
                           product slab and of the obs file it wrote; written last, atomically
   failures/<YYYYMMDDHH>.json  the last failed attempt at a cycle not done (error, exit code, time); advisory,
@@ -43,7 +49,9 @@ import torch
 import xarray as xr
 
 from align_da_ops import grid
-from align_da_ops.errors import ArchiveCorruptError, ArchiveError, ArchiveLockedError, ArchiveWriteError, InputDataError
+from align_da_ops.errors import (
+    ArchiveCorruptError, ArchiveError, ArchiveLockedError, ArchiveWriteError, InputDataError, ObservationError,
+)
 from align_da_ops.logs import get_logger
 from align_da_ops.obs.batch import COLUMNS, ObsBatch
 from align_da_ops.times import CycleTime
@@ -51,6 +59,15 @@ from align_da_ops.times import CycleTime
 PRODUCTS = ("background", "analysis", "spread", "forecast", "members")
 GROW_CYCLES = 120  # time-axis growth block (30 days)
 SIX_HOURS = np.timedelta64(6, "h")
+LEAD = "prediction_timedelta"  # WeatherBench2's name for the forecast lead (timedelta64)
+CONVENTIONS = "CF-1.10"
+PRODUCT_TITLES = {
+    "background": "background: the forecast the analysis started from",
+    "analysis": "analysis",
+    "spread": "analysis ensemble spread (standard deviation over members)",
+    "forecast": "forecasts started from the analysis",
+    "members": "analysis ensemble members",
+}
 COMPLETE = "align_da_ops_complete"  # group attribute written last when a product group is created
 FLAG_NAME = re.compile(r"^\d{10}\.json$")
 
@@ -72,6 +89,7 @@ class CycleRecord:
     provenance: dict
     spread: torch.Tensor | None = None
     members: torch.Tensor | None = None
+    pre_qc: np.ndarray | None = None  # the observations' flags before the cycle's QC (IODA PreQC)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -256,29 +274,50 @@ class Archive:
     def _template(self, product: str, times: np.ndarray) -> xr.Dataset:
         import dask.array as da
 
-        extra = {"forecast": ("lead", len(self.leads)), "members": (grid.MEMBER, self.n_members)}.get(product)
+        extra = {"forecast": (LEAD, len(self.leads)), "members": (grid.MEMBER, self.n_members)}.get(product)
         lead_dims = (grid.TIME,) + ((extra[0],) if extra else ())
         lead_shape = (len(times),) + ((extra[1],) if extra else ())
         x = da.full(lead_shape + (self.layout.n_channels, len(self.lat), len(self.lon)), np.nan, dtype=np.float32,
                     chunks=(1,) + lead_shape[1:] + (-1, -1, -1))
         coords = {grid.TIME: times}
         if product == "forecast":
-            coords["lead"] = np.asarray(self.leads, dtype=np.int64)
+            coords[LEAD] = self._lead_values()
         if product == "members":
             coords[grid.MEMBER] = np.arange(self.n_members)
-        return self._dataset(x, lead_dims, coords)
+        ds = self._dataset(x, lead_dims, coords)
+        for name in coords:
+            ds[name].attrs.update(grid.COORD_ATTRS.get(name, {}))
+        ds.attrs.update(self._group_attrs(product))
+        return ds
+
+    def _lead_values(self) -> np.ndarray:
+        return np.asarray(self.leads, dtype=np.int64).astype("timedelta64[h]").astype("timedelta64[ns]")
+
+    def _group_attrs(self, product: str) -> dict:
+        """CF global attributes of a product group: what it is and the archive it belongs to."""
+        return {
+            "Conventions": CONVENTIONS,
+            "title": f"{self.meta['experiment']}: {PRODUCT_TITLES[product]}",
+            "source": f"align-da-ops {_version()}",
+            "experiment": self.meta["experiment"],
+            "first_cycle": self.meta["first_cycle"],
+            "comment": "times whose cycle is not done hold NaN; the done cycles are the archive's cycles/*.json flags "
+                       "(align_da_ops.open_archive adds a `done` mask)",
+        }
 
     def _dataset(self, x, lead_dims, coords) -> xr.Dataset:
         n_lev = len(self.layout.levels)
         data_vars = {}
         for i, name in enumerate(self.layout.upper_air):
-            data_vars[name] = ((*lead_dims, grid.LEVEL, grid.LAT, grid.LON), x[..., i * n_lev : (i + 1) * n_lev, :, :])
+            data_vars[name] = ((*lead_dims, grid.LEVEL, grid.LAT, grid.LON), x[..., i * n_lev : (i + 1) * n_lev, :, :],
+                               grid.VARIABLES[name].cf_attrs)
         off = n_lev * len(self.layout.upper_air)
         for j, name in enumerate(self.layout.surface):
-            data_vars[name] = ((*lead_dims, grid.LAT, grid.LON), x[..., off + j, :, :])
-        all_coords = {grid.LAT: self.lat, grid.LON: self.lon, **coords}
+            data_vars[name] = ((*lead_dims, grid.LAT, grid.LON), x[..., off + j, :, :], grid.VARIABLES[name].cf_attrs)
+        all_coords = {grid.LAT: (grid.LAT, self.lat, grid.COORD_ATTRS[grid.LAT]),
+                      grid.LON: (grid.LON, self.lon, grid.COORD_ATTRS[grid.LON]), **coords}
         if self.layout.upper_air:
-            all_coords[grid.LEVEL] = np.asarray(self.layout.levels, dtype=np.int64)
+            all_coords[grid.LEVEL] = (grid.LEVEL, np.asarray(self.layout.levels, dtype=np.int64), grid.COORD_ATTRS[grid.LEVEL])
         return xr.Dataset(data_vars, coords=all_coords)
 
     def _products(self) -> list[str]:
@@ -302,12 +341,37 @@ class Archive:
         states = {product: self._group_state(product) for product in self._products()}
         current = max((n for n, _ in states.values() if n is not None), default=0)
         target = current if index < current else index + GROW_CYCLES
+        changed = False
         for product, (n, consistent) in states.items():
             if n is None:
                 self._create_group(product, target)
             elif n < target or not consistent:
                 self._grow_group(product, target)
+            else:
+                continue
+            changed = True
+        if changed or self._consolidated_length() != target:
+            self._consolidate()
         return index
+
+    def _consolidate(self) -> None:
+        """Rewrite the root's consolidated metadata (after groups were created or grown)."""
+        import warnings
+
+        import zarr
+
+        with warnings.catch_warnings():  # consolidated metadata is not yet in the Zarr v3 spec (zarr warns)
+            warnings.simplefilter("ignore")
+            zarr.consolidate_metadata(str(self.grid_store), zarr_format=3)
+
+    def _consolidated_length(self) -> int | None:
+        """Time-axis length of the analysis group in the consolidated metadata (None: not consolidated)."""
+        try:
+            root = json.loads((self.grid_store / "zarr.json").read_text())
+            meta = root["consolidated_metadata"]["metadata"]
+            return int(meta[f"analysis/{grid.TIME}"]["shape"][0])
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            return None
 
     def _group_state(self, product: str) -> tuple[int | None, bool]:
         """(length, consistent) of a product group: length None when the group is absent or incomplete;
@@ -359,6 +423,8 @@ class Archive:
         start = np.datetime64(self.meta["first_cycle"], "ns")
         times = start + np.arange(length) * SIX_HOURS
         encoding = {grid.TIME: {"units": f"hours since {pd.Timestamp(start).isoformat(sep=' ')}", "dtype": "int64"}}
+        if product == "forecast":
+            encoding[LEAD] = {"units": "hours", "dtype": "int64"}
         self._template(product, times).to_zarr(self.grid_store, group=product, mode="w", compute=False, zarr_format=3,
                                                consolidated=False, encoding=encoding)
         self._mark_complete(product)
@@ -401,10 +467,18 @@ class Archive:
             raise ArchiveError(f"unknown product {product!r}; have {PRODUCTS}")
         try:
             if not dask:
-                return xr.open_zarr(self.grid_store, group=product, consolidated=False, chunks=None)
-            return xr.open_zarr(self.grid_store, group=product, consolidated=False)
+                ds = xr.open_zarr(self.grid_store, group=product, consolidated=False, chunks=None)
+            else:
+                ds = xr.open_zarr(self.grid_store, group=product, consolidated=False)
         except Exception as exc:  # absent group or store
             raise InputDataError(f"archive {self.root} has no {product!r} product yet ({type(exc).__name__})") from None
+        if "lead" in ds.dims:  # written before the lead was a timedelta (archives of version <= 0.1 of this layout)
+            ds = ds.rename({"lead": LEAD}).assign_coords({LEAD: self._lead_values()})
+        if LEAD in ds.dims:
+            ds[LEAD].attrs.update(grid.COORD_ATTRS[LEAD])
+            ds = ds.assign_coords(valid_time=ds[grid.TIME] + ds[LEAD])
+            ds["valid_time"].attrs.update(grid.COORD_ATTRS["valid_time"])
+        return ds
 
     def read_state(self, product: str, cycle: CycleTime, lead: int | None = None) -> torch.Tensor:
         """(channel, lat, lon) float32 tensor of a done cycle's product (members: (member, channel, lat, lon)),
@@ -425,7 +499,7 @@ class Archive:
         if lead is not None:
             if lead not in self.leads:
                 raise ArchiveError(f"archive {self.root} has no {lead} h lead; it has {list(self.leads)}")
-            x = x[self.leads.index(lead)]
+            x = x[self.leads.index(lead)]  # the forecast's leads are stored in the archive's order
         return x
 
     def verify(self, cycle: CycleTime) -> list[str]:
@@ -443,36 +517,64 @@ class Archive:
         return problems
 
     # -- observations -------------------------------------------------------------------
-    def _obs_path(self, cycle: CycleTime) -> Path:
-        return self.root / "obs" / f"{cycle.compact}.nc"
+    def _obs_path(self, cycle: CycleTime, kind: str = "ioda") -> Path:
+        """obs/<cycle>.ioda.nc (IODA v3 observations), obs/<cycle>.monitoring.nc (O-B/O-A statistics);
+        kind "legacy": obs/<cycle>.nc, one table of both, as written before IODA v3."""
+        suffix = {"ioda": ".ioda.nc", "monitoring": ".monitoring.nc", "legacy": ".nc"}[kind]
+        return self.root / "obs" / f"{cycle.compact}{suffix}"
 
-    def _write_obs(self, record: CycleRecord) -> str:
+    def _write_obs(self, record: CycleRecord) -> dict[str, str]:
+        """The cycle's IODA v3 file (PreQC, EffectiveQC, hofx0/1, ombg, oman) and its monitoring file; checksums."""
+        from align_da_ops.obs.ioda import write_ioda
+
         obs = record.obs
-        table = {c: ("location", getattr(obs, c)) for c in COLUMNS}
-        table["time"] = ("location", obs.time.astype("datetime64[ns]"))
-        table["hofx_background"] = ("location", np.asarray(record.hx_background, np.float64))
-        table["hofx_analysis"] = ("location", np.asarray(record.hx_analysis, np.float64))
+        path = self._obs_path(record.cycle)
+        pre_qc = obs.qc if record.pre_qc is None else record.pre_qc
+        write_ioda(obs, path, {"cycle": record.cycle.value.isoformat(), "experiment": self.meta["experiment"]},
+                   pre_qc=pre_qc, hofx_background=record.hx_background, hofx_analysis=record.hx_analysis)
         mon = record.monitoring.reset_index(drop=True)
+        table = {}
         for col in mon.columns:
             values = mon[col].to_numpy()
-            table[f"monitoring_{col}"] = ("stat_row", values.astype(str) if values.dtype == object else values)
-        ds = xr.Dataset(table, attrs={"cycle": record.cycle.value.isoformat()})
-        path = self._obs_path(record.cycle)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".nc.tmp")
-        ds.to_netcdf(tmp, engine="netcdf4")
-        os.replace(tmp, path)
-        return _file_checksum(path)
+            table[col] = ("stat_row", values.astype(str) if values.dtype == object else values)
+        monitoring = self._obs_path(record.cycle, "monitoring")
+        tmp = monitoring.with_name(f".{monitoring.name}.tmp")
+        xr.Dataset(table, attrs={"cycle": record.cycle.value.isoformat(), "title": "O-B and O-A statistics"}).to_netcdf(
+            tmp, engine="netcdf4")
+        os.replace(tmp, monitoring)
+        return {"obs": _file_checksum(path), "monitoring": _file_checksum(monitoring)}
 
     def read_obs(self, cycle: CycleTime) -> tuple[ObsBatch, xr.Dataset, pd.DataFrame]:
-        """The cycle's observation batch, the file (with H(x_b), H(x_a)) and its monitoring table."""
+        """The cycle's observation batch (qc: the cycle's QC), H(x_b) and H(x_a) per row (`hofx_background`,
+        `hofx_analysis` on dim `location`) and the monitoring table; checksums verified."""
+        from align_da_ops.obs.ioda import read_ioda_groups
+
         flag = self._read_flag(cycle)
         if flag is None:
             raise ArchiveError(f"cycle {cycle} is not done in {self.root}")
-        path = self._obs_path(cycle)
-        expected = flag.get("checksums", {}).get("obs")
+        checksums = flag.get("checksums", {})
+        if "obs" in checksums and "monitoring" not in checksums:
+            return self._read_legacy_obs(cycle, checksums["obs"])
+        paths = {"obs": self._obs_path(cycle), "monitoring": self._obs_path(cycle, "monitoring")}
         try:
-            if expected is not None and _file_checksum(path) != expected:
+            for key, path in paths.items():
+                if key in checksums and _file_checksum(path) != checksums[key]:
+                    raise ArchiveCorruptError(f"archive {self.root}: obs file {path.name} of done cycle {cycle} does not "
+                                              "match its checksum; redo the cycle (--force) or restore the archive")
+            batch, problems, extra = read_ioda_groups(paths["obs"], ("hofx0", "hofx1"))
+            with xr.open_dataset(paths["monitoring"], engine="netcdf4", mask_and_scale=False) as ds:
+                mon = ds.load().to_dataframe().reset_index(drop=True)
+        except (OSError, ValueError, ObservationError) as exc:
+            raise ArchiveCorruptError(f"archive {self.root}: obs files of done cycle {cycle} are unreadable ({exc})") from None
+        if problems:
+            raise ArchiveCorruptError(f"archive {self.root}: obs file of done cycle {cycle} has bad rows: {problems}")
+        hofx = xr.Dataset({"hofx_background": ("location", extra["hofx0"]), "hofx_analysis": ("location", extra["hofx1"])})
+        return batch, hofx, mon
+
+    def _read_legacy_obs(self, cycle: CycleTime, expected: str) -> tuple[ObsBatch, xr.Dataset, pd.DataFrame]:
+        path = self._obs_path(cycle, "legacy")
+        try:
+            if _file_checksum(path) != expected:
                 raise ArchiveCorruptError(f"archive {self.root}: obs file {path.name} of done cycle {cycle} does not match "
                                           "its checksum; redo the cycle (--force) or restore the archive")
             with xr.open_dataset(path, engine="netcdf4", mask_and_scale=False) as ds:
@@ -485,7 +587,7 @@ class Archive:
             cols[c] = cols[c].astype(str)
         batch = ObsBatch.from_columns(**cols)
         mon = pd.DataFrame({k[len("monitoring_"):]: ds[k].values for k in ds.data_vars if k.startswith("monitoring_")})
-        return batch, ds, mon
+        return batch, ds[["hofx_background", "hofx_analysis"]], mon
 
     # -- the one writer ------------------------------------------------------------------
     def write_cycle(self, record: CycleRecord, force: bool = False) -> None:
@@ -513,7 +615,7 @@ class Archive:
             "analysis": self._write_product("analysis", record.analysis, index),
         }
         stacked = torch.stack([record.forecasts[lead] for lead in self.leads])
-        checksums["forecast"] = self._write_product("forecast", stacked, index, lead_dims=("lead",), coords={"lead": list(self.leads)})
+        checksums["forecast"] = self._write_product("forecast", stacked, index, lead_dims=(LEAD,), coords={LEAD: self._lead_values()})
         if self.ensemble:
             if record.spread is None:
                 raise ArchiveError(f"archive stores the ensemble spread; cycle {record.cycle} brought no ensemble")
@@ -524,11 +626,17 @@ class Archive:
                                    f"{None if record.members is None else record.members.shape[0]}")
             checksums["members"] = self._write_product("members", record.members, index, lead_dims=(grid.MEMBER,),
                                                        coords={grid.MEMBER: np.arange(self.n_members)})
-        checksums["obs"] = self._write_obs(record)
+        checksums.update(self._write_obs(record))
         provenance = dict(record.provenance)
         provenance["checksums"] = checksums
         provenance["wall_s"] = {**provenance.get("wall_s", {}), "archive": round(time.perf_counter() - started, 4)}
         _atomic_write_text(flag, json.dumps(provenance, indent=1, sort_keys=True, default=str))
+
+
+def _version() -> str:
+    import align_da_ops
+
+    return align_da_ops.__version__
 
 
 def _checksum(x: np.ndarray) -> str:

@@ -206,21 +206,27 @@ def stats(
 # -- inspect -----------------------------------------------------------------------------
 @app.command("inspect")
 def inspect(
-    path: Path,
+    path: str = typer.Argument(help="Zarr store (path or fsspec URL), GRIB file (GRIB1/GRIB2) or archive directory."),
     variable: Optional[str] = typer.Option(None, "--var", help="Variable to map (ERA5/WB2 name)."),
     level: Optional[int] = typer.Option(None, help="Pressure level (hPa) for upper-air variables."),
     time_index: int = typer.Option(0, "--time", help="Time index (negative counts from the end)."),
     member: int = typer.Option(0, help="Member (trajectory) index."),
     png: Optional[Path] = typer.Option(None, help="Write a PNG map of --var here."),
+    grib_filter: list[str] = typer.Option([], "--filter", help="GRIB: only messages with this ecCodes KEY=VALUE "
+                                          "(repeatable), e.g. typeOfLevel=isobaricInhPa."),
 ):
     """Summarise a state store (Zarr or GRIB) or a cycling archive; optionally write PNGs."""
-    from align_da_ops.inspection import is_archive, open_any, select_map, summary
+    from align_da_ops.inspection import is_archive, open_any, parse_filter, select_map, summary
     from align_da_ops.plots import field_label, map_png
 
     if is_archive(path):
-        _inspect_archive(path, variable or "geopotential", level if level is not None else (500 if variable is None else None), png)
+        _inspect_archive(Path(path), variable or "geopotential", level if level is not None else (500 if variable is None else None), png)
         return
-    ds = open_any(path)
+    try:
+        keys = parse_filter(grib_filter)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--filter") from None
+    ds = open_any(path, keys)
     info = summary(ds)
     table = Table(title=str(path))
     for col in ("variable", "dims", "units", "min", "mean", "max", "NaN"):

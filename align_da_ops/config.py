@@ -120,7 +120,9 @@ class WeatherBench2Source(Frozen):
     """States read from an ERA5/WeatherBench2-style Zarr store."""
 
     kind: Literal["wb2_zarr"] = "wb2_zarr"
-    path: Path = Field(description="Zarr store with dims (time, level, latitude, longitude).")
+    path: str = Field(min_length=1, description="Zarr store (local path or fsspec URL such as gs://...) with dims "
+                      "(time, level, latitude, longitude); with-pole grids (nlat + 1 latitudes) are accepted for an "
+                      "equiangular state grid of nlat.")
 
 
 class GribSource(Frozen):
@@ -129,6 +131,8 @@ class GribSource(Frozen):
     kind: Literal["grib"] = "grib"
     paths: tuple[Path, ...] = Field(min_length=1, description="GRIB files.")
     member: int | None = Field(default=None, description="Ensemble member to select, if the files hold several.")
+    filter_by_keys: dict[str, str | int] = Field(default_factory=dict, description="ecCodes keys the messages read "
+                                                 "must match, e.g. {typeOfLevel: isobaricInhPa}.")
 
 
 DataSource = Annotated[Union[NatureRunSource, WeatherBench2Source, GribSource], Field(discriminator="kind")]

@@ -72,6 +72,7 @@ def _run_cycle(ctx: CycleContext, cycle: CycleTime, force: bool) -> CycleOutcome
     background = background_members.mean(0) if background_members is not None else _background(ctx, cycle)
     watch.lap("background")
     obs = ctx.observations(cycle)
+    pre_qc = obs.qc.copy()
     watch.lap("observations")
     obs, hx_b = _quality_control(ctx, cycle, obs, background if background_members is None else background_members)
     watch.lap("qc")
@@ -113,7 +114,7 @@ def _run_cycle(ctx: CycleContext, cycle: CycleTime, force: bool) -> CycleOutcome
     record = CycleRecord(cycle, background.cpu(), result.analysis.cpu(), {k: v.cpu() for k, v in forecasts.items()},
                          obs, hx_b, hx_a, monitoring, provenance,
                          spread=members.std(0) if members is not None else None,
-                         members=members if ctx.archive.n_members else None)
+                         members=members if ctx.archive.n_members else None, pre_qc=pre_qc)
     watch.lap("monitoring")
     record.provenance["wall_s"] = dict(watch.laps)
     ctx.archive.write_cycle(record, force=force)

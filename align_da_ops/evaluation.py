@@ -14,7 +14,7 @@ import torch
 import xarray as xr
 
 from align_da_ops import grid, verify
-from align_da_ops.archive import Archive
+from align_da_ops.archive import LEAD, Archive
 from align_da_ops.errors import ArchiveCorruptError
 from align_da_ops.times import CycleTime
 
@@ -72,7 +72,7 @@ def archive_scores(
         keep = np.asarray([v in have for v in valid])
         if not keep.any():
             continue
-        x = analysis[keep] if lead == 0 else _stack(forecast.sel(lead=lead).isel({grid.TIME: np.flatnonzero(keep)}), layout)
+        x = analysis[keep] if lead == 0 else _stack(forecast.sel({LEAD: np.timedelta64(lead, "h")}).isel({grid.TIME: np.flatnonzero(keep)}), layout)
         x_true = _stack(truth.sel({grid.TIME: valid[keep]}), layout)
         columns = verify.score_columns(x, x_true, lat, layout.channels, norm=norm, climatology=climatology)
         for p in levels:

@@ -29,24 +29,42 @@ class VariableInfo:
     units: str
     upper_air: bool
     valid_range: tuple[float, float]  # physical plausibility limits
+    standard_name: str  # CF standard name
+    long_name: str
+
+    @property
+    def cf_attrs(self) -> dict[str, str]:
+        """CF attributes of the variable (units in ERA5's udunits spelling)."""
+        return {"units": self.units, "standard_name": self.standard_name, "long_name": self.long_name}
 
 
 VARIABLES: dict[str, VariableInfo] = {
     v.name: v
     for v in (
-        VariableInfo("geopotential", "z", "m**2 s**-2", True, (-5.0e3, 3.5e5)),
-        VariableInfo("temperature", "t", "K", True, (150.0, 350.0)),
-        VariableInfo("u_component_of_wind", "u", "m s**-1", True, (-150.0, 150.0)),
-        VariableInfo("v_component_of_wind", "v", "m s**-1", True, (-150.0, 150.0)),
-        VariableInfo("specific_humidity", "q", "kg kg**-1", True, (-1.0e-3, 5.0e-2)),
-        VariableInfo("10m_u_component_of_wind", "u10", "m s**-1", False, (-80.0, 80.0)),
-        VariableInfo("10m_v_component_of_wind", "v10", "m s**-1", False, (-80.0, 80.0)),
-        VariableInfo("2m_temperature", "t2m", "K", False, (170.0, 345.0)),
-        VariableInfo("mean_sea_level_pressure", "msl", "Pa", False, (8.5e4, 1.1e5)),
-        VariableInfo("surface_pressure", "sp", "Pa", False, (4.0e4, 1.1e5)),
+        VariableInfo("geopotential", "z", "m**2 s**-2", True, (-5.0e3, 3.5e5), "geopotential", "Geopotential"),
+        VariableInfo("temperature", "t", "K", True, (150.0, 350.0), "air_temperature", "Temperature"),
+        VariableInfo("u_component_of_wind", "u", "m s**-1", True, (-150.0, 150.0), "eastward_wind", "U component of wind"),
+        VariableInfo("v_component_of_wind", "v", "m s**-1", True, (-150.0, 150.0), "northward_wind", "V component of wind"),
+        VariableInfo("specific_humidity", "q", "kg kg**-1", True, (-1.0e-3, 5.0e-2), "specific_humidity", "Specific humidity"),
+        VariableInfo("10m_u_component_of_wind", "u10", "m s**-1", False, (-80.0, 80.0), "eastward_wind", "10 metre U wind component"),
+        VariableInfo("10m_v_component_of_wind", "v10", "m s**-1", False, (-80.0, 80.0), "northward_wind", "10 metre V wind component"),
+        VariableInfo("2m_temperature", "t2m", "K", False, (170.0, 345.0), "air_temperature", "2 metre temperature"),
+        VariableInfo("mean_sea_level_pressure", "msl", "Pa", False, (8.5e4, 1.1e5), "air_pressure_at_mean_sea_level", "Mean sea level pressure"),
+        VariableInfo("surface_pressure", "sp", "Pa", False, (4.0e4, 1.1e5), "surface_air_pressure", "Surface pressure"),
     )
 }
 SHORT_NAMES = {v.short: v.name for v in VARIABLES.values()}
+# CF attributes of the schema's coordinates (cf-xarray finds axes and standard names by them)
+COORD_ATTRS: dict[str, dict[str, str]] = {
+    "latitude": {"units": "degrees_north", "standard_name": "latitude", "long_name": "latitude", "axis": "Y"},
+    "longitude": {"units": "degrees_east", "standard_name": "longitude", "long_name": "longitude", "axis": "X"},
+    "level": {"units": "hPa", "standard_name": "air_pressure", "long_name": "pressure level", "axis": "Z",
+              "positive": "down"},
+    "time": {"standard_name": "time", "long_name": "analysis (cycle) time", "axis": "T"},
+    "member": {"standard_name": "realization", "long_name": "ensemble member"},
+    "prediction_timedelta": {"standard_name": "forecast_period", "long_name": "forecast lead time"},
+    "valid_time": {"standard_name": "time", "long_name": "time the forecast is valid at"},
+}
 UPPER_AIR = tuple(n for n, v in VARIABLES.items() if v.upper_air)
 SURFACE = tuple(n for n, v in VARIABLES.items() if not v.upper_air)
 # The paper's 13 pressure levels (hPa).
@@ -165,13 +183,13 @@ class StateLayout:
         data_vars = {}
         for i, name in enumerate(self.upper_air):
             block = arr[..., i * n_lev : (i + 1) * n_lev, :, :]
-            data_vars[name] = ((*leading, LEVEL, LAT, LON), block, {"units": VARIABLES[name].units})
+            data_vars[name] = ((*leading, LEVEL, LAT, LON), block, VARIABLES[name].cf_attrs)
         offset = n_lev * len(self.upper_air)
         for j, name in enumerate(self.surface):
-            data_vars[name] = ((*leading, LAT, LON), arr[..., offset + j, :, :], {"units": VARIABLES[name].units})
-        all_coords = {LAT: (LAT, np.asarray(lat), {"units": "degrees_north"}), LON: (LON, np.asarray(lon), {"units": "degrees_east"})}
+            data_vars[name] = ((*leading, LAT, LON), arr[..., offset + j, :, :], VARIABLES[name].cf_attrs)
+        all_coords = {LAT: (LAT, np.asarray(lat), COORD_ATTRS[LAT]), LON: (LON, np.asarray(lon), COORD_ATTRS[LON])}
         if self.upper_air:
-            all_coords[LEVEL] = (LEVEL, np.asarray(self.levels, dtype=np.int64), {"units": "hPa"})
+            all_coords[LEVEL] = (LEVEL, np.asarray(self.levels, dtype=np.int64), COORD_ATTRS[LEVEL])
         all_coords.update(coords or {})
         return xr.Dataset(data_vars, coords=all_coords)
 

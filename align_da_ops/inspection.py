@@ -11,14 +11,38 @@ from align_da_ops.data import readers
 from align_da_ops.errors import InputDataError, SchemaError
 
 
-def open_any(path: str | Path) -> xr.Dataset:
-    """A Zarr store (nature run, WB2) or a GRIB file, in the schema."""
+GRIB_SUFFIXES = (".grib", ".grib1", ".grib2", ".grb", ".grb2")
+
+
+def open_any(path: str | Path, grib_filter: dict | None = None) -> xr.Dataset:
+    """A Zarr store (nature run, WB2; a path or an fsspec URL) or a GRIB file, in the schema."""
+    if readers.is_url(path):
+        return readers.open_wb2_zarr(str(path))
     path = Path(path)
     if not path.exists():
         raise InputDataError(f"{path} does not exist")
-    if path.suffix.lower() in (".grib", ".grib2", ".grb", ".grb2"):
-        return readers.open_era5_grib([path])
+    if path.suffix.lower() in GRIB_SUFFIXES or _starts_with(path, b"GRIB"):
+        return readers.open_grib([path], grib_filter)
     return readers.open_wb2_zarr(path)
+
+
+def parse_filter(items: list[str]) -> dict[str, str | int]:
+    """`KEY=VALUE` strings -> cfgrib's filter_by_keys (integer values as integers)."""
+    keys: dict[str, str | int] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"{item!r} is not KEY=VALUE (e.g. typeOfLevel=isobaricInhPa)")
+        value = value.strip()
+        keys[key.strip()] = int(value) if value.lstrip("-").isdigit() else value
+    return keys
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    if not path.is_file():
+        return False
+    with open(path, "rb") as fh:
+        return fh.read(len(magic)) == magic
 
 
 def summary(ds: xr.Dataset) -> dict:
@@ -35,7 +59,7 @@ def summary(ds: xr.Dataset) -> dict:
         stats = xr.Dataset({"min": da.min(), "mean": da.mean(), "max": da.max(), "nan": da.isnull().sum()}).compute()
         out["variables"][name] = {
             "dims": list(da.dims),
-            "units": da.attrs.get("units", grid.VARIABLES.get(name, grid.VariableInfo(name, name, "?", False, (0, 0))).units),
+            "units": da.attrs.get("units", grid.VARIABLES[name].units if name in grid.VARIABLES else "?"),
             **{k: float(stats[k]) for k in ("min", "mean", "max")},
             "nan_count": int(stats["nan"]),
         }

@@ -306,7 +306,7 @@ def profiles_png(profiles: pd.DataFrame, path: str | Path, title: str) -> Path |
     groups = list(profiles.groupby(level=["obs_type", "variable"], sort=True))
     if not groups:
         return None
-    fig, axes = _panel_grid(Figure, len(groups), 4, (3.2, 3.8))
+    fig, axes = _panel_grid(Figure, len(groups), 4, (3.2, 5.0))
     for ax, ((obs_type, variable), part) in zip(axes, groups):
         p = part.index.get_level_values("level")
         for key, label, colour in DEPARTURES:
@@ -316,7 +316,10 @@ def profiles_png(profiles: pd.DataFrame, path: str | Path, title: str) -> Path |
         ax.set_yscale("log")
         bottom, top = max(1050.0, p.max() * 1.05), p.min() / 1.15
         ax.set_ylim(bottom, top)
-        ticks = sorted(set(int(x) for x in p))
+        ticks = []
+        for level in sorted(set(int(x) for x in p), reverse=True):  # labels at least ~8 % apart in pressure
+            if not ticks or ticks[-1] / level > 1.08:
+                ticks.append(level)
         ax.set_yticks(ticks, [str(t) for t in ticks], fontsize=7)
         ax.minorticks_off()
         ax.set_title(f"{obs_type} · {field_label(variable)} (n={int(part['count'].sum())})", fontsize=9)

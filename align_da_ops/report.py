@@ -381,6 +381,7 @@ th, td { border: 1px solid #d4d8e0; padding: 0.25em 0.6em; text-align: left; ver
 th { background: #eef0f5; }
 tbody tr:nth-child(even) { background: #fafbfc; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td:first-child { white-space: nowrap; }
 table.facts th { width: 12em; }
 table.facts td { word-break: break-all; }
 .note { color: #555; font-style: italic; }

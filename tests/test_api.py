@@ -15,6 +15,27 @@ from align_da_ops.times import CycleTime
 from factories import tiny_config_dict
 
 
+def assert_cf_readable(tree, grid_store):
+    """cf-xarray finds the axes and standard names; plain xarray opens every group from the consolidated root."""
+    import cf_xarray  # noqa: F401  (registers the .cf accessor)
+    import xarray as xr
+
+    analysis = tree["analysis"].to_dataset()
+    assert analysis.attrs["Conventions"].startswith("CF-")
+    axes = analysis.cf.axes
+    assert axes["X"] == ["longitude"] and axes["Y"] == ["latitude"] and axes["Z"] == ["level"] and axes["T"] == ["time"]
+    names = analysis.cf.standard_names
+    assert names["air_temperature"] == ["temperature"] and names["geopotential"] == ["geopotential"]
+    assert names["eastward_wind"] == ["u_component_of_wind"]
+    assert analysis.cf["air_temperature"].attrs["units"] == "K"
+    assert tree["forecast"].to_dataset().cf.standard_names["forecast_period"] == ["prediction_timedelta"]
+    for name, da in analysis.variables.items():
+        assert "long_name" in da.attrs, name
+    plain = xr.open_datatree(grid_store, engine="zarr")  # consolidated metadata: one read of the root
+    assert {"analysis", "background", "forecast"} <= set(plain.children)
+    assert plain["analysis"].sizes["time"] >= analysis.sizes["time"]
+
+
 def test_import_stays_light():
     code = "import sys, align_da_ops; assert 'torch' not in sys.modules and 'xarray' not in sys.modules; print(align_da_ops.__all__)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -61,7 +82,11 @@ def test_a_notebook_cycles_reads_and_plots_z500(tiny_nature_run, tmp_path):
     expected = ctx.archive.read_state("analysis", CycleTime.parse("2000-01-02T06"))
     channel = ctx.archive.layout.channels.index("geopotential_500")
     np.testing.assert_array_equal(z500.values, expected[channel].numpy())
-    assert tree["forecast"]["geopotential"].sizes["lead"] == 2
+    forecast = tree["forecast"].to_dataset()
+    assert list(forecast["prediction_timedelta"].values) == [np.timedelta64(6, "h"), np.timedelta64(12, "h")]
+    valid = forecast["valid_time"].sel(time="2000-01-02T06").values
+    assert list(valid) == [np.datetime64("2000-01-02T12"), np.datetime64("2000-01-02T18")]
+    assert_cf_readable(tree, ctx.archive.grid_store)
     z500.plot()
     matplotlib.pyplot.savefig(tmp_path / "z500.png")
     assert (tmp_path / "z500.png").stat().st_size > 0

@@ -137,10 +137,14 @@ def test_a_lost_chunk_is_an_error_not_nan(tmp_path):
 
 def test_an_altered_obs_file_is_an_error(tmp_path):
     archive = resume(tmp_path / "a")
-    path = archive.root / "obs" / f"{CYCLES[0].compact}.nc"
-    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
-    with pytest.raises(ArchiveCorruptError, match="checksum"):
-        archive.read_obs(CYCLES[0])
+    for suffix in (".ioda.nc", ".monitoring.nc"):
+        path = archive.root / "obs" / f"{CYCLES[0].compact}{suffix}"
+        original = path.read_bytes()
+        path.write_bytes(original[:-10] + b"0123456789")
+        with pytest.raises(ArchiveCorruptError, match="checksum"):
+            archive.read_obs(CYCLES[0])
+        path.write_bytes(original)
+    archive.read_obs(CYCLES[0])
 
 
 def test_stray_and_empty_files_in_cycles_are_ignored(tmp_path):

@@ -94,7 +94,8 @@ def test_archive_holds_everything(reference):
     rms = monitoring.set_index(["departure", "obs_type", "variable", "level_band"])["rms"]
     assert (rms["O-A"] < rms["O-B"]).all()  # the analysis fits the observations better than the background
     lazy = reference.open_product("forecast")
-    assert lazy["temperature"].chunks is not None and list(lazy.lead.values) == [6, 24]
+    assert lazy["temperature"].chunks is not None and list(lazy.prediction_timedelta.values) == [np.timedelta64(h, "h") for h in (6, 24)]
+    assert (lazy["valid_time"] == lazy["time"] + lazy["prediction_timedelta"]).all()
 
 
 def test_done_cycles_are_skipped_and_never_rewritten(reference, world):

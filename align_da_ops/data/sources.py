@@ -40,8 +40,10 @@ def open_states(cfg: ExperimentConfig) -> xr.Dataset:
         ds = ds.isel({grid.MEMBER: src.member})
     elif src.kind == "wb2_zarr":
         ds = readers.open_wb2_zarr(src.path)
+        if cfg.state.grid.kind == "equiangular":
+            ds = readers.poles_to_centres(ds, cfg.state.grid.nlat)
     else:
-        ds = readers.open_era5_grib(src.paths)
+        ds = readers.open_grib(src.paths, src.filter_by_keys)
         if grid.MEMBER in ds.dims:
             if src.member is None:
                 raise SchemaError(f"GRIB data holds {ds.sizes[grid.MEMBER]} members; set data.member")

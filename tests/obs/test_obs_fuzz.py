@@ -22,7 +22,7 @@ from align_da_ops.grid import VARIABLES
 from align_da_ops.obs.batch import ObsBatch, QCFlag
 from align_da_ops.obs.bufr import decode_bufr_bytes, scan_messages
 from align_da_ops.obs.feed import ObsFeed
-from align_da_ops.obs.ioda import read_ioda, read_ioda_checked, write_ioda
+from align_da_ops.obs.ioda import IODA_NAMES, read_ioda, read_ioda_checked, write_ioda
 
 HERE = Path(__file__).resolve().parent
 SAMPLE_DIRS = (HERE.parent / "data" / "bufr", Path("/work/shared/data/bufr"))
@@ -158,45 +158,45 @@ def test_ioda_rows_breaking_the_contract_are_dropped_one_by_one(data):
     """Hostile column values in an IODA file: the good rows come back exactly, the others are described."""
     n = data.draw(_rows)
     rows = lambda s: data.draw(st.lists(s, min_size=n, max_size=n))  # noqa: E731
-    variable = rows(st.sampled_from([*sorted(VARIABLES)[:4], "humidity", ""]))
+    names = [IODA_NAMES[v][0] for v in sorted(VARIABLES)[:4]] + ["humidity", "relativeHumidity"]
+    variable = np.asarray(rows(st.sampled_from(names)), dtype=object)
     cols = {
         "latitude": np.asarray(rows(st.one_of(st.floats(-90, 90), _any_float)), dtype=float),
         "longitude": np.asarray(rows(st.one_of(st.floats(-720, 720), _any_float)), dtype=float),
         "pressure": np.asarray(rows(st.one_of(st.just(np.nan), st.floats(1, 1e5), _any_float)), dtype=float),
         "elevation": np.zeros(n),
         "time": np.asarray(rows(st.integers(-(2**40), 2**40)), dtype=np.int64),
-        "variable": np.asarray(variable, dtype=object),
         "value": np.asarray(rows(_any_float), dtype=float),
-        "error": np.ones(n),
         "qc": np.asarray(rows(st.sampled_from([0, 1, 2, 42, -1])), dtype=np.int32),
         "obs_type": np.asarray(["t"] * n, dtype=object),
         "station": np.asarray(["s"] * n, dtype=object),
         "report": np.arange(n, dtype=np.int64),
     }
-    names = {
-        "latitude": "MetaData/latitude",
-        "longitude": "MetaData/longitude",
-        "pressure": "MetaData/pressure",
-        "elevation": "MetaData/stationElevation",
-        "time": "MetaData/dateTime",
-        "variable": "MetaData/variableName",
-        "obs_type": "MetaData/obsType",
-        "station": "MetaData/stationIdentification",
-        "report": "MetaData/sequenceNumber",
-        "value": "ObsValue/value",
-        "error": "ObsError/value",
-        "qc": "PreQC/value",
-    }
+    meta = {"latitude": "latitude", "longitude": "longitude", "pressure": "pressure", "elevation": "stationElevation",
+            "time": "dateTime", "obs_type": "obsType", "station": "stationIdentification", "report": "sequenceNumber"}
+    # a foreign IODA v3 file (no RowNumber): one Location per row, one variable each; rows come back by
+    # variable (file order), then Location
+    written = list(dict.fromkeys(variable.tolist()))
+    order = np.lexsort((np.arange(n), [written.index(v) for v in variable]))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "hostile.nc"
         with netCDF4.Dataset(path, "w") as nc:
             nc.createDimension("Location", n)
-            for column, full in names.items():
-                group, name = full.split("/")
-                grp = nc[group] if group in nc.groups else nc.createGroup(group)
+            grp = nc.createGroup("MetaData")
+            for column, name in meta.items():
                 kind = str if cols[column].dtype == object else cols[column].dtype
-                var = grp.createVariable(name, kind, ("Location",))
-                var[:] = cols[column]
+                grp.createVariable(name, kind, ("Location",))[:] = cols[column]
+            for name in written:
+                at = variable == name
+                for group, values, fill in (("ObsValue", cols["value"], np.nan), ("ObsError", np.ones(n), np.nan),
+                                            ("PreQC", cols["qc"], -2147483647)):
+                    grp = nc[group] if group in nc.groups else nc.createGroup(group)
+                    var = grp.createVariable(name, values.dtype, ("Location",), fill_value=fill)
+                    var[:] = np.where(at, values, fill)
+                    if group != "PreQC":
+                        var.units = dict(IODA_NAMES.values()).get(name, "m s-1")
+        cols = {k: v[order] for k, v in cols.items()}
+        variable = variable[order]
         batch, problems = read_ioda_checked(path)
         lat, lon, p = cols["latitude"], cols["longitude"], cols["pressure"]
         with np.errstate(invalid="ignore"):
@@ -204,7 +204,7 @@ def test_ioda_rows_breaking_the_contract_are_dropped_one_by_one(data):
                 (np.abs(lat) <= 90)
                 & np.isfinite(lon)
                 & (np.isnan(p) | ((p > 0) & np.isfinite(p)))
-                & np.isin(cols["variable"].astype(str), list(VARIABLES))
+                & np.isin(variable.astype(str), [name for name, _ in IODA_NAMES.values()])
                 & np.isin(cols["qc"], [int(f) for f in QCFlag])
             )
         assert len(batch) == good.sum() and (len(problems) > 0) == (not good.all())
