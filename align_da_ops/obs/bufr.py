@@ -11,8 +11,8 @@ counted, the other reports of the message are kept.
 
 Reports: a report is one platform's observation at one time, identified by (observation
 type, station id, time) for a fixed land station (WMO block and station number), and by
-(type, station id, time, position) for a moving or unidentified platform (ship, buoy,
-aircraft, satellite wind). A report spread over several messages or subsets (e.g. a SYNOP
+(type, station id, time, position, and the pressure of a single-level upper-air report) for
+a moving or unidentified platform (ship, buoy, aircraft, satellite wind). A report spread over several messages or subsets (e.g. a SYNOP
 whose pressure and wind come in two messages) is one report: its rows share one `report`
 number (rows stay in message order, so they need not be adjacent) and
 `DecodeReport.reports` counts it once. A report without a valid position or time counts
@@ -261,7 +261,8 @@ def isa_pressure(height_m: np.ndarray) -> np.ndarray:
 # -- layouts: the walk of a message's keys, once per layout ------------------------------
 @dataclasses.dataclass
 class _Layout:
-    """Subsets as ordered (name, rank, position) lists; what to read per subset group; position check state."""
+    """A walked layout: subsets as (name, rank, position) lists (single-level types only), the element
+    names, what to read per subset group, and whether numericValues positions were checked."""
 
     groups: list[list[tuple[str, int, int]]]
     names: frozenset[str]
@@ -271,7 +272,7 @@ class _Layout:
 
 
 _LAYOUTS: dict[tuple, _Layout] = {}
-_LAYOUTS_MAX = 2048
+_LAYOUTS_MAX = 1024  # most TEMP layouts are seen once: the cache is emptied when full
 
 
 def _walk(handle) -> list[list[tuple[str, int, int]]]:
@@ -406,7 +407,8 @@ def _layout(h, message: bytes, obs_type: str, n: int, compressed: bool) -> _Layo
     if layout is None:
         groups = _walk(h)
         names = frozenset(name for g in groups for name, _, _ in g)
-        layout = _Layout(groups, names, [_plan(g, obs_type) for g in groups])
+        plans = [_plan(g, obs_type) for g in groups]
+        layout = _Layout(groups if obs_type != "temp" else [], names, plans)  # profiles need only their plans
         if len(_LAYOUTS) >= _LAYOUTS_MAX:
             _LAYOUTS.clear()
         _LAYOUTS[key] = layout
@@ -647,8 +649,9 @@ class _Part:
     """Decoded messages: `meta[i]` describes message `index[i]` of the file.
 
     reports: message (position in meta), station, fixed, time, latitude (NaN: no valid position
-    or time), longitude, elevation. rows: report (position in reports), level (in its message),
-    var (position in `_VARIABLES`), value, pressure, latitude, longitude, time, derived.
+    or time), longitude, elevation, level_pressure (NaN but for single-level upper-air reports).
+    rows: report (position in reports), level (in its message), var (position in `_VARIABLES`),
+    value, pressure, latitude, longitude, time, derived.
     """
 
     index: np.ndarray
@@ -809,7 +812,9 @@ def _finish(acc: _Acc, meta: list[dict]) -> _Part:
         "latitude": lat,
         "longitude": lon,
         "elevation": fields[:, _COL["elevation"]],
+        "level_pressure": np.full(len(message), np.nan),  # single-level upper-air reports: their pressure
     }
+    reports["level_pressure"][single] = one["pressure"]
     return _Part(np.arange(n_msg), meta, reports, rows)
 
 
@@ -1134,7 +1139,8 @@ def _report_numbers(reports: dict, types: np.ndarray) -> tuple[np.ndarray, Count
     """Report number of each report row (first appearance order) and the reports per type.
 
     Same number: same type, station and time, and for a station that is not a WMO index also
-    the same position. A report without a valid position or time is a report of its own.
+    the same position (and pressure, for single-level upper-air reports: aircraft, AMVs). A
+    report without a valid position or time is a report of its own.
     """
     seen: dict[tuple, int] = {}
     by_type: Counter = Counter()
@@ -1146,12 +1152,13 @@ def _report_numbers(reports: dict, types: np.ndarray) -> tuple[np.ndarray, Count
         reports["time"].astype(np.int64).tolist(),
         reports["latitude"].tolist(),
         reports["longitude"].tolist(),
+        np.where(np.isnan(reports["level_pressure"]), -1.0, reports["level_pressure"]).tolist(),
     )
-    for i, (typ, station, fixed, t, lat, lon) in enumerate(cols):
+    for i, (typ, station, fixed, t, lat, lon, p) in enumerate(cols):
         if math.isnan(lat):  # no valid position or time
             key = ("unplaced", i)
         else:
-            key = (typ, station, t) if fixed else (typ, station, t, lat, lon)
+            key = (typ, station, t) if fixed else (typ, station, t, lat, lon, p)
         if key not in seen:
             seen[key] = len(seen)
             by_type[typ] += 1

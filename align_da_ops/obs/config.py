@@ -143,7 +143,8 @@ class QCConfig(Frozen):
     )
     thinning_km: float | None = Field(default=None, gt=0, description="Box size; None: no thinning.")
     thinning_log_p: float = Field(default=0.1, gt=0, description="Vertical bin width in ln p for thinning.")
-    thinning_types: tuple[str, ...] = Field(default=("amv", "aircraft", "swath"), description="Obs types thinned.")
+    thinning_types: tuple[str, ...] = Field(default=("amv", "amv_isa", "aircraft", "aircraft_isa", "swath"),
+                                            description="Obs types thinned (`_isa`: pressure derived from an altitude).")
     blacklist_stations: tuple[str, ...] = Field(default=(), description="Station ids never used.")
     blacklist_types: tuple[str, ...] = Field(default=(), description="Observation types never used.")
     background_k: float = Field(default=5.0, gt=0, description="Reject |y - H(x_b)| > k sqrt(sigma_o^2 + sigma_b^2).")

@@ -215,3 +215,18 @@ def test_bench_compares_with_a_plain_eccodes_loop():
     assert (last["messages"], last["reports"]) == (120, 120)
     assert last["seconds"] > 0 and last["eccodes_loop_s"] > 0
     assert last["ratio"] == pytest.approx(last["seconds"] / last["eccodes_loop_s"], abs=0.01)
+
+
+def test_an_aircraft_report_split_over_two_messages_is_one_report():
+    """Same flight, time, position and level: one report; the same flight at another level: another."""
+    base = [1006, 301011, 301012, 5002, 6002, 7002]
+
+    def part(descriptors: list[int], height: float, **values) -> bytes:
+        head = {"aircraftFlightNumber": "KL1234", **WHEN, "latitude": 52.3, "longitude": 4.76, "height": height}
+        return message(4, base + descriptors, {**head, **values}, 1, compressed=False)
+
+    data = part([12001], 3000.0, airTemperature=270.0) + part([11001, 11002], 3000.0, windDirection=90.0, windSpeed=8.0)
+    data += part([12001], 3500.0, airTemperature=267.0)
+    d = decode_bufr_bytes(data)
+    assert (d.report.messages, d.report.reports, d.report.observations) == (3, 2, 4)
+    assert d.batch.report.tolist() == [0, 0, 0, 1]
