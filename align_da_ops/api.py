@@ -60,11 +60,12 @@ def replay(ctx: CycleContext, start=None, end=None, force: bool = False) -> list
     return run(ctx, cycle_time(start) if start is not None else ctx.campaign.first, last, force=force)
 
 
-def open_archive(path: str | Path):
+def open_archive(path: str | Path, observations: bool = True):
     """The archive as a lazy xarray DataTree: one child per product present (analysis, background,
-    forecast with `prediction_timedelta` and `valid_time`, spread, members with `member`) up to the last done cycle, each with a boolean
-    `done` per time (False: the cycle is not done and its values are NaN); the archive's description in
-    the root's attrs."""
+    forecast with `prediction_timedelta` and `valid_time`, spread, members with `member`) up to the last
+    done cycle, each with a boolean `done` per time (False: the cycle is not done and its values are NaN); the archive's description in
+    the root's attrs; with `observations`, each done cycle's IODA v3 file under observations/YYYYMMDDHH
+    (MetaData, ObsValue, ObsError, PreQC, EffectiveQC, hofx0, hofx1, ombg, oman)."""
     import numpy as np
     import xarray as xr
 
@@ -83,8 +84,15 @@ def open_archive(path: str | Path):
         mask = np.array([t in done for t in ds["time"].values.astype("datetime64[ns]")], dtype=bool)
         children[product] = ds.assign(done=("time", mask, {"long_name": "cycle is done (values valid)"}))
     root = xr.Dataset(attrs={k: v for k, v in archive.meta.items() if k not in ("latitudes", "longitudes")}
-                      | {"archive": str(archive.root)})
-    return xr.DataTree.from_dict({"/": root, **{f"/{k}": v for k, v in children.items()}})
+                      | {"archive": str(archive.root), "Conventions": "CF-1.10"})
+    tree = {"/": root, **{f"/{k}": v for k, v in children.items()}}
+    if observations:
+        for cycle in done_cycles:  # each done cycle's IODA v3 file, group by group (lazy)
+            path = archive.root / "obs" / f"{cycle.compact}.ioda.nc"
+            if path.exists():
+                for name, node in xr.open_datatree(path, engine="netcdf4", mask_and_scale=False).subtree_with_keys:
+                    tree[f"/observations/{cycle.compact}" + ("" if name == "." else f"/{name}")] = node.to_dataset()
+    return xr.DataTree.from_dict(tree)
 
 
 def status(target: str | Path, now: datetime | None = None, last_n: int = 8) -> dict:

@@ -87,6 +87,10 @@ def test_a_notebook_cycles_reads_and_plots_z500(tiny_nature_run, tmp_path):
     valid = forecast["valid_time"].sel(time="2000-01-02T06").values
     assert list(valid) == [np.datetime64("2000-01-02T12"), np.datetime64("2000-01-02T18")]
     assert_cf_readable(tree, ctx.archive.grid_store)
+    obs = tree["observations/2000010206"]  # the cycle's IODA v3 file, group by group
+    assert {"MetaData", "ObsValue", "PreQC", "EffectiveQC", "hofx0", "hofx1", "ombg", "oman"} <= set(obs.children)
+    t = "airTemperature"
+    np.testing.assert_allclose(obs["ombg"][t].values, obs["ObsValue"][t].values - obs["hofx0"][t].values, equal_nan=True)
     z500.plot()
     matplotlib.pyplot.savefig(tmp_path / "z500.png")
     assert (tmp_path / "z500.png").stat().st_size > 0
