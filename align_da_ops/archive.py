@@ -563,7 +563,8 @@ class Archive:
                                               "match its checksum; redo the cycle (--force) or restore the archive")
             batch, problems, extra = read_ioda_groups(paths["obs"], ("hofx0", "hofx1"))
             with xr.open_dataset(paths["monitoring"], engine="netcdf4", mask_and_scale=False) as ds:
-                mon = ds.load().to_dataframe().reset_index(drop=True)
+                ds = ds.load()
+                mon = ds.to_dataframe().reset_index(drop=True) if ds.data_vars else pd.DataFrame()
         except (OSError, ValueError, ObservationError) as exc:
             raise ArchiveCorruptError(f"archive {self.root}: obs files of done cycle {cycle} are unreadable ({exc})") from None
         if problems:
