@@ -113,3 +113,27 @@ def test_cylc_flow_cycles_the_campaign_in_order(monkeypatch):
 @pytest.mark.parametrize("point", ["20000111T0000Z", "20000111T00Z", "2000-01-11T00:00Z"])
 def test_cycle_points_in_cylc_formats(point):
     assert CycleTime.parse(point) == CycleTime.parse("2000011100")
+
+
+def test_gpu_check_script_runs_end_to_end_at_reduced_size(tmp_path):
+    """deploy/gpu-check.sh (issue 19's one prepared GPU run) as a CPU dry run on a tiny grid: every step
+    exits 0 and leaves its JSON rows (seconds, FLOPs) and profiler summaries."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "OUT": str(tmp_path), "GRID": "16x32x3", "STEPS_PAPER": "2", "COMPILE": "0", "MEMBERS": "1,2",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(["bash", str(DEPLOY / "gpu-check.sh")], env=env, capture_output=True, text=True,
+                          cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "fast rc=0" in summary and "paper rc=0" in summary, summary
+    fast = json.loads((tmp_path / "fast.json").read_text())["rows"]
+    assert {(r["dtype"], r["members"]) for r in fast} == {(d, m) for d in ("fp32", "bf16") for m in (1, 2)}
+    assert all(r["seconds"] > 0 and r["flops"] > 0 and r["evaluations"] == 9 for r in fast)
+    paper = json.loads((tmp_path / "paper.json").read_text())["rows"]
+    assert {r["evaluations"] for r in paper} == {2 * 3 + 1}  # steps x (1 + 2 corrections) + 1
+    for name in ("profile-fast.txt", "profile-paper.txt"):
+        assert "conv" in (tmp_path / name).read_text()

@@ -70,7 +70,7 @@ def packaged_setup(config: Path) -> Setup:
                  random_mask_term(background, ae.normalization.std))
 
 
-def paper_scale_setup(nlat: int = 128, nlon: int = 256, channels: int = 69) -> Setup:
+def paper_scale_setup(nlat: int = 128, nlon: int = 256, channels: int = 69, compile: bool = False) -> Setup:
     from align_da_ops.latent.autoencoder import AutoencoderArchitecture, AutoencoderModel, SphereAutoencoder
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -82,7 +82,11 @@ def paper_scale_setup(nlat: int = 128, nlon: int = 256, channels: int = 69) -> S
     net = LatentUNet(PriorArchitecture(cz, width=128, blocks=2, levels=2), latent_latitudes(lat, ae.downsampling))
     prior = LatentPrior(net, CosineSchedule(), {"content_hash": "random", "residual_scale": [0.5] * cz}).to(device)
     background = torch.randn(channels, nlat, nlon, device=device)
-    return Setup(f"paper scale {nlat}x{nlon}x{channels} (random weights)", device, ae, prior, background,
+    if compile:  # the networks the sampler calls; the first analysis pays the compilation (the warm-up)
+        prior.net = torch.compile(prior.net)
+        ae.net = torch.compile(ae.net)
+    label = " compiled" if compile else ""
+    return Setup(f"paper scale {nlat}x{nlon}x{channels} (random weights{label})", device, ae, prior, background,
                  random_mask_term(background, np.ones(channels)))
 
 
@@ -91,26 +95,69 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def analysis_seconds(setup: Setup, sampler: Sampler, members: int, mode: str) -> float:
-    """Wall seconds of one full analysis: encode, guided sampling of `members` in one batch, decode."""
+DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def _analysis(setup: Setup, sampler: Sampler, members: int, mode: str, dtype: str = "fp32") -> None:
+    """One full analysis: encode, guided sampling of `members` in one batch, decode (bf16: under autocast)."""
     gens = [torch.Generator().manual_seed(m) for m in range(members)]
+    with torch.autocast(setup.device.type, dtype=DTYPES[dtype], enabled=DTYPES[dtype] is not None):
+        setup.prior.sample(setup.autoencoder, setup.background, sampler, gens, guidance_of(mode), setup.term)[2].mean(0)
+
+
+def analysis_seconds(setup: Setup, sampler: Sampler, members: int, mode: str, dtype: str = "fp32") -> float:
+    """Wall seconds of one full analysis (see `_analysis`)."""
     _sync(setup.device)
     t0 = time.perf_counter()
-    setup.prior.sample(setup.autoencoder, setup.background, sampler, gens, guidance_of(mode), setup.term)[2].mean(0)
+    _analysis(setup, sampler, members, mode, dtype)
     _sync(setup.device)
     return time.perf_counter() - t0
 
 
-def time_sampler(setup: Setup, steps, members, corrections: int, modes) -> list[dict]:
-    analysis_seconds(setup, Sampler(2), 1, modes[0])  # warm-up (allocations, kernels)
+def analysis_flops(setup: Setup, sampler: Sampler, members: int, mode: str, dtype: str = "fp32") -> int:
+    """Floating-point operations of one full analysis as torch counts them (matmuls and convolutions, forward
+    and the backward passes of the guidance): the numerator of the achieved-FLOP/s comparison with the peak."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        _analysis(setup, sampler, members, mode, dtype)
+    return int(counter.get_total_flops())
+
+
+def time_sampler(setup: Setup, steps, members, corrections: int, modes, dtypes=("fp32",), flops: bool = False) -> list[dict]:
+    """One row per (guidance, dtype, members, steps): seconds per analysis, evaluations, peak CUDA memory
+    (bytes, 0 on CPU) and, with `flops`, the counted FLOPs of that analysis."""
     rows = []
-    for mode in modes:
-        for n in members:
-            for k in steps:
-                sampler = Sampler(k, corrections)
-                rows.append({"guidance": mode, "steps": k, "evaluations": sampler.evaluations, "members": n,
-                             "seconds": analysis_seconds(setup, sampler, n, mode)})
+    for dtype in dtypes:
+        analysis_seconds(setup, Sampler(2), 1, modes[0], dtype)  # warm-up (allocations, kernels, compilation)
+        for mode in modes:
+            for n in members:
+                for k in steps:
+                    sampler = Sampler(k, corrections)
+                    if setup.device.type == "cuda":
+                        torch.cuda.reset_peak_memory_stats(setup.device)
+                    seconds = analysis_seconds(setup, sampler, n, mode, dtype)
+                    peak = torch.cuda.max_memory_allocated(setup.device) if setup.device.type == "cuda" else 0
+                    row = {"setup": setup.name, "device": str(setup.device), "guidance": mode, "dtype": dtype,
+                           "steps": k, "corrections": corrections, "evaluations": sampler.evaluations, "members": n,
+                           "seconds": seconds, "peak_memory_bytes": int(peak)}
+                    if flops:
+                        row["flops"] = analysis_flops(setup, sampler, n, mode, dtype)
+                        row["achieved_tflops"] = row["flops"] / seconds / 1e12
+                    rows.append(row)
     return rows
+
+
+def profile_summary(setup: Setup, sampler: Sampler, members: int, mode: str, dtype: str = "fp32", top: int = 20) -> str:
+    """torch.profiler table (top operators by device time, or CPU time on CPU) of one analysis."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if setup.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        _analysis(setup, sampler, members, mode, dtype)
+        _sync(setup.device)
+    key = "cuda_time_total" if setup.device.type == "cuda" else "cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=top)
 
 
 def quality_vs_evaluations(config: Path, samplers, mode: str = "dps", n_cases: int = 6, members: int = 4) -> list[dict]:

@@ -93,11 +93,20 @@ def bench_sampler(
     members: str = typer.Option("1,8,32", help="Ensemble sizes to time."),
     corrections: int = typer.Option(0, help="Langevin corrections per step."),
     guidance: str = typer.Option("obs_free,dps", help="Guidance modes (obs_free, repaint, dps)."),
-    paper_scale: bool = typer.Option(False, help="Also time 128x256x69 with random weights (on the GPU if present)."),
+    paper_scale: bool = typer.Option(False, help="Also time the paper's scale with random weights (on the GPU if present)."),
+    paper_only: bool = typer.Option(False, help="Time only the paper-scale set-up (no packaged models, no quality)."),
+    paper_grid: str = typer.Option("128x256x69", help="Paper-scale grid NLATxNLONxCHANNELS (smaller for dry runs)."),
+    dtype: str = typer.Option("fp32", help="Precisions to time: fp32, bf16 (autocast), comma-separated."),
+    compile_nets: bool = typer.Option(False, "--compile", help="torch.compile the paper-scale networks."),
+    flops: bool = typer.Option(False, help="Also count each analysis's FLOPs (torch's counter) and the achieved TFLOP/s."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write every timed row here (JSON)."),
+    profile: Optional[Path] = typer.Option(None, help="Write a torch.profiler summary of one paper-scale analysis here."),
     quality: bool = typer.Option(True, help="Also score DPS analyses against the truth per sampler (held-out cases)."),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch's choice)."),
 ):
     """Seconds per analysis against network evaluations and ensemble size (1 % random-mask observations)."""
+    import json
+
     import torch
 
     from align_da_ops.diffusion import benchmark
@@ -106,20 +115,44 @@ def bench_sampler(
         torch.set_num_threads(threads)
     steps_list, members_list = _parse_ints(steps, "--steps"), _parse_ints(members, "--members")
     modes = tuple(guidance.split(","))
-    setups = [benchmark.packaged_setup(config)]
-    if paper_scale:
-        setups.append(benchmark.paper_scale_setup())
+    dtypes = tuple(d.strip() for d in dtype.split(","))
+    if bad := [d for d in dtypes if d not in benchmark.DTYPES]:
+        raise typer.BadParameter(f"unknown precision {bad}; use {sorted(benchmark.DTYPES)}", param_hint="--dtype")
+    try:
+        nlat, nlon, channels = (int(x) for x in paper_grid.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"{paper_grid!r} is not NLATxNLONxCHANNELS", param_hint="--paper-grid") from None
+    setups = [] if paper_only else [benchmark.packaged_setup(config)]
+    if paper_scale or paper_only:
+        setups.append(benchmark.paper_scale_setup(nlat, nlon, channels, compile=compile_nets))
+    all_rows = []
     for setup in setups:
-        rows = benchmark.time_sampler(setup, steps_list, members_list, corrections, modes)
+        rows = benchmark.time_sampler(setup, steps_list, members_list, corrections, modes, dtypes, flops)
+        all_rows.extend(rows)
         table = Table(title=f"{setup.name}: seconds per analysis ({setup.device}, torch {torch.__version__}, "
                             f"{torch.get_num_threads()} CPU threads, {setup.n_obs} observations)")
-        for col in ("guidance", "steps", "network evals", "members", "s / analysis", "s / member", "ms / eval"):
+        for col in ("guidance", "dtype", "steps", "network evals", "members", "s / analysis", "s / member", "ms / eval",
+                    "peak GiB", "TFLOP/s"):
             table.add_column(col)
         for r in rows:
-            table.add_row(r["guidance"], str(r["steps"]), str(r["evaluations"]), str(r["members"]), f"{r['seconds']:.3f}",
-                          f"{r['seconds'] / r['members']:.4f}", f"{1000 * r['seconds'] / r['evaluations']:.2f}")
+            table.add_row(r["guidance"], r["dtype"], str(r["steps"]), str(r["evaluations"]), str(r["members"]),
+                          f"{r['seconds']:.3f}", f"{r['seconds'] / r['members']:.4f}",
+                          f"{1000 * r['seconds'] / r['evaluations']:.2f}", f"{r['peak_memory_bytes'] / 2**30:.2f}",
+                          f"{r['achieved_tflops']:.2f}" if "achieved_tflops" in r else "")
         out.print(table)
-    if quality:
+    if profile is not None and setups:
+        from align_da_ops.diffusion.samplers import Sampler
+
+        setup = setups[-1]
+        profile.write_text(benchmark.profile_summary(setup, Sampler(steps_list[0], corrections), members_list[0],
+                                                     modes[-1], dtypes[-1]))
+        out.print(f"wrote {profile}")
+    if json_out is not None:
+        json_out.write_text(json.dumps({"torch": torch.__version__, "cuda": torch.cuda.is_available(),
+                                        "device_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+                                        "rows": all_rows}, indent=1))
+        out.print(f"wrote {json_out}")
+    if quality and not paper_only:
         from align_da_ops.diffusion.samplers import PAPER, Sampler
 
         samplers = [Sampler(k) for k in steps_list if k <= 64] + [Sampler(32, 1), PAPER]
