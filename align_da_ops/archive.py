@@ -293,6 +293,17 @@ class Archive:
     def _lead_values(self) -> np.ndarray:
         return np.asarray(self.leads, dtype=np.int64).astype("timedelta64[h]").astype("timedelta64[ns]")
 
+    def _stored_lead_dim(self) -> str:
+        """The forecast group's lead dimension: `prediction_timedelta`, or `lead` in an archive begun by an
+        earlier version (it keeps its layout, so a campaign resumes across an upgrade)."""
+        import zarr
+
+        try:
+            array = zarr.open_group(self.grid_store, path="forecast", mode="r", zarr_format=3)["lead"]
+            return "lead" if array is not None else LEAD
+        except Exception:  # no forecast group yet, or no legacy `lead` array
+            return LEAD
+
     def _group_attrs(self, product: str) -> dict:
         """CF global attributes of a product group: what it is and the archive it belongs to."""
         return {
@@ -423,7 +434,7 @@ class Archive:
         start = np.datetime64(self.meta["first_cycle"], "ns")
         times = start + np.arange(length) * SIX_HOURS
         encoding = {grid.TIME: {"units": f"hours since {pd.Timestamp(start).isoformat(sep=' ')}", "dtype": "int64"}}
-        if product == "forecast":
+        if product == "forecast" and np.issubdtype(self._lead_values().dtype, np.timedelta64):
             encoding[LEAD] = {"units": "hours", "dtype": "int64"}
         self._template(product, times).to_zarr(self.grid_store, group=product, mode="w", compute=False, zarr_format=3,
                                                consolidated=False, encoding=encoding)
@@ -616,7 +627,9 @@ class Archive:
             "analysis": self._write_product("analysis", record.analysis, index),
         }
         stacked = torch.stack([record.forecasts[lead] for lead in self.leads])
-        checksums["forecast"] = self._write_product("forecast", stacked, index, lead_dims=(LEAD,), coords={LEAD: self._lead_values()})
+        lead_dim = self._stored_lead_dim()
+        checksums["forecast"] = self._write_product("forecast", stacked, index, lead_dims=(lead_dim,),
+                                                    coords={lead_dim: self._lead_values()})
         if self.ensemble:
             if record.spread is None:
                 raise ArchiveError(f"archive stores the ensemble spread; cycle {record.cycle} brought no ensemble")

@@ -200,3 +200,23 @@ def test_a_filesystem_without_flock_is_named(tmp_path, monkeypatch):
     with pytest.raises(ArchiveError, match="does not support flock"):
         with archive.locked():
             pass
+
+
+def test_an_archive_begun_by_an_earlier_version_resumes_in_its_own_layout(tmp_path, monkeypatch):
+    """Forecast lead stored as integer `lead` (before prediction_timedelta): the next cycle writes into it,
+    and reading gives the WB2 view (prediction_timedelta, valid_time) over both cycles."""
+    with monkeypatch.context() as m:  # the earlier layout
+        m.setattr(archive_module, "LEAD", "lead")
+        m.setattr(Archive, "_lead_values", lambda self: np.asarray(self.leads, dtype=np.int64))
+        m.setattr(Archive, "open_product", lambda self, product, dask=True: xr.open_zarr(
+            self.grid_store, group=product, consolidated=False, chunks=None if not dask else {}))
+        old = new_archive(tmp_path / "a")
+        old.write_cycle(record(CYCLES[0]))
+    assert "lead" in xr.open_zarr(old.grid_store, group="forecast", consolidated=False).dims
+    archive = resume(tmp_path / "a")
+    forecast = archive.open_product("forecast")
+    assert list(forecast["prediction_timedelta"].values) == [np.timedelta64(h, "h") for h in LEADS]
+    for cycle in CYCLES:
+        assert archive.verify(cycle) == []
+        np.testing.assert_array_equal(archive.read_state("forecast", cycle, lead=12).numpy(),
+                                      record(cycle).forecasts[12].numpy())
