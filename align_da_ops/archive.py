@@ -116,6 +116,7 @@ class Archive:
         self.n_members = int(meta.get("members_stored", 0))
         self.ensemble = bool(meta.get("ensemble", self.n_members > 0))
         self._lock_file = None
+        self._lead_dim: str | None = None
 
     # -- creation / opening --------------------------------------------------------
     @classmethod
@@ -298,11 +299,13 @@ class Archive:
         earlier version (it keeps its layout, so a campaign resumes across an upgrade)."""
         import zarr
 
-        try:
-            array = zarr.open_group(self.grid_store, path="forecast", mode="r", zarr_format=3)["lead"]
-            return "lead" if array is not None else LEAD
-        except Exception:  # no forecast group yet, or no legacy `lead` array
-            return LEAD
+        if self._lead_dim is None:  # looked up once per Archive (the first write has created the group)
+            try:
+                group = zarr.open_group(self.grid_store, path="forecast", mode="r", zarr_format=3)
+                self._lead_dim = "lead" if "lead" in group else LEAD
+            except Exception:  # unreadable group: the write that follows reports it
+                return LEAD
+        return self._lead_dim
 
     def _group_attrs(self, product: str) -> dict:
         """CF global attributes of a product group: what it is and the archive it belongs to."""
