@@ -219,19 +219,43 @@ def tuning_runs(suite: SuiteConfig, experiment: ExperimentConfig, methods: list[
             for m in chosen for n in suite.networks for c in m.candidates() for s in suite.tuning_seeds]
 
 
-def execute(runs: list[Run], progress: Callable[[Run, int, int], None] | None = None) -> None:
-    """Replay every distinct campaign (resuming what is done; shared free runs once)."""
-    from align_da_ops.replaying import replay
-    from align_da_ops.wiring import build_context
-
+def distinct_runs(runs: list[Run]) -> list[Run]:
+    """The runs with distinct archives, first occurrence kept (shared free runs once)."""
     seen, distinct = set(), []
     for run in runs:
         if run.campaign.archive not in seen:
             seen.add(run.campaign.archive)
             distinct.append(run)
-    for i, run in enumerate(distinct):
-        if progress:
-            progress(run, i, len(distinct))
-        experiment = load_config(run.campaign.config)
-        ctx = build_context(run.campaign, experiment)
-        replay(ctx, run.campaign.first, run.campaign.last)
+    return distinct
+
+
+def run_campaign(campaign: CampaignConfig) -> int:
+    """Replay one campaign over its whole range, resuming what its archive holds; the cycles done.
+
+    Idempotent (a rerun after a kill resumes), so it is safe as a retried cluster task."""
+    from align_da_ops.replaying import replay
+    from align_da_ops.wiring import build_context
+
+    ctx = build_context(campaign, load_config(campaign.config))
+    replay(ctx, campaign.first, campaign.last)
+    return len(ctx.archive.done_cycles())
+
+
+def execute(runs: list[Run], progress: Callable[[Run, int, int], None] | None = None, client=None) -> None:
+    """Replay every distinct campaign (resuming what is done; shared free runs once).
+
+    Serially in this process, or with a `distributed.Client` as one task per campaign (`cluster.run_tasks`;
+    each campaign holds its own archive and lock). `progress(run, i, n)`: before each serial run, after
+    each finished task."""
+    distinct = distinct_runs(runs)
+    if client is None:
+        for i, run in enumerate(distinct):
+            if progress:
+                progress(run, i, len(distinct))
+            run_campaign(run.campaign)
+        return
+    from align_da_ops.cluster import run_tasks
+
+    keys = [f"campaign-{i}-{run.campaign.name}" for i, run in enumerate(distinct)]
+    run_tasks(client, run_campaign, [run.campaign for run in distinct], keys=keys,
+              on_done=(lambda i, done, n: progress(distinct[i], done - 1, n)) if progress else None)

@@ -24,14 +24,10 @@ def _truth(experiment):
         truth, layout_of(experiment), train.start, train.end)
 
 
-def _load(suite_file: Path, threads: int):
-    from align_da_ops.suite import load_suite
-
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    return load_suite(suite_file)
+WORKERS_HELP = ("dask workers on a LocalCluster, each running one campaign at a time (0: one per core, at most "
+                "one per campaign; 1: in this process)")
+THREADS_HELP = "torch CPU threads per worker (0: the cores shared out among the workers; in-process: torch's choice)"
+SCHEDULER_HELP = "Address of a running dask scheduler (e.g. tcp://host:8786, a dask-jobqueue cluster) instead of a LocalCluster."
 
 
 def _progress(run, i: int, n: int) -> None:
@@ -44,21 +40,25 @@ def tune_cmd(
     suite_file: Path = typer.Argument(..., help="Suite YAML (cycles/*.suite.yaml)."),
     method: list[str] = typer.Option([], "--method", "-m", help="Only these methods (repeatable)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="CSV (default ARCHIVE_ROOT/validation/tuning.csv)."),
-    threads: int = typer.Option(0, help="torch CPU threads (0: torch's choice)."),
+    workers: int = typer.Option(0, min=0, help=WORKERS_HELP),
+    threads: int = typer.Option(0, min=0, help=THREADS_HELP),
+    scheduler: Optional[str] = typer.Option(None, help=SCHEDULER_HELP),
 ):
     """Cycle every sweep candidate over the validation period; report the tuning score and the best per network."""
     from rich.table import Table
 
-    from align_da_ops.suite import execute, tuning_runs
+    from align_da_ops.cluster import client_for
+    from align_da_ops.suite import distinct_runs, execute, load_suite, tuning_runs
     from align_da_ops.suite_scores import tuning_table
 
-    suite, experiment = _load(suite_file, threads)
+    suite, experiment = load_suite(suite_file)
     runs = tuning_runs(suite, experiment, method or None)
     if not runs:
         out.print("no method of this suite has a sweep")
         return
-    execute(runs, _progress)
-    table = tuning_table(runs, suite, *_truth(experiment))
+    with client_for(len(distinct_runs(runs)), workers, threads, scheduler) as client:
+        execute(runs, _progress, client)
+        table = tuning_table(runs, suite, *_truth(experiment), client=client)
     path = output or suite.archive_root / "validation" / "tuning.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(path, index=False, float_format="%.6g")
@@ -78,19 +78,22 @@ def run_cmd(
     method: list[str] = typer.Option([], "--method", "-m", help="Only these methods (repeatable)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Report directory (default ARCHIVE_ROOT/report)."),
     score_only: bool = typer.Option(False, help="Score what the archives hold; run nothing."),
-    workers: int = typer.Option(1, help="Processes scoring archives side by side (dask multiprocessing)."),
-    threads: int = typer.Option(0, help="torch CPU threads (0: torch's choice)."),
+    workers: int = typer.Option(0, min=0, help=WORKERS_HELP + "; the archives are scored the same way"),
+    threads: int = typer.Option(0, min=0, help=THREADS_HELP),
+    scheduler: Optional[str] = typer.Option(None, help=SCHEDULER_HELP),
 ):
     """Run what is missing of the test period (resumable), then score: table, CSV and PNG with 95 % CIs."""
     from align_da_ops import suite_report
-    from align_da_ops.suite import execute, scoring_runs
+    from align_da_ops.cluster import client_for
+    from align_da_ops.suite import distinct_runs, execute, load_suite, scoring_runs
     from align_da_ops.suite_scores import collect, compare_methods, summarise
 
-    suite, experiment = _load(suite_file, threads)
+    suite, experiment = load_suite(suite_file)
     runs = scoring_runs(suite, experiment, method or None)
-    if not score_only:
-        execute(runs, _progress)
-    table = collect(runs, *_truth(experiment), workers=workers)
+    with client_for(len(distinct_runs(runs)), workers, threads, scheduler) as client:
+        if not score_only:
+            execute(runs, _progress, client)
+        table = collect(runs, *_truth(experiment), client=client)
     summary = suite_report.with_spread_skill(summarise(table, suite), table)
     comparisons = compare_methods(table, suite)
     suite_report.print_tables(out, suite, summary, comparisons)

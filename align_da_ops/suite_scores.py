@@ -65,25 +65,26 @@ def _cost(archive: Archive, cycles) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def collect(runs: list[Run], truth, norm, climatology, workers: int = 1) -> pd.DataFrame:
-    """The per-cycle table of every run (shared free runs repeated for each network and seed).
+def run_tables(runs: list[Run], truth, norm, climatology, client=None) -> list[pd.DataFrame]:
+    """`run_table` of every run, in order, each distinct archive scored once: in this process, or with a
+    `distributed.Client` one task per archive (the result does not depend on it)."""
+    from align_da_ops.suite import distinct_runs
 
-    Each distinct archive is scored once; with `workers` > 1 the archives are scored in that many
-    processes by dask's multiprocessing scheduler (the result does not depend on it).
-    """
-    import dask
-
-    distinct = {}
-    for run in runs:
-        distinct.setdefault(run.campaign.archive, run)
-    tasks = [dask.delayed(run_table)(run, truth, norm, climatology) for run in distinct.values()]
-    if workers > 1:
-        scored = dask.compute(*tasks, scheduler="processes", num_workers=workers)
+    distinct = distinct_runs(runs)
+    if client is None:
+        scored = [run_table(run, truth, norm, climatology) for run in distinct]
     else:
-        scored = dask.compute(*tasks, scheduler="synchronous")
-    cache = dict(zip(distinct, scored))
-    tables = [cache[run.campaign.archive].assign(network=run.network, seed=run.seed) for run in runs]
-    return pd.concat(tables, ignore_index=True)
+        from align_da_ops.cluster import run_tasks
+
+        scored = run_tasks(client, run_table, distinct, truth, norm, climatology,
+                           keys=[f"score-{i}-{run.campaign.name}" for i, run in enumerate(distinct)])
+    cache = {run.campaign.archive: table for run, table in zip(distinct, scored)}
+    return [cache[run.campaign.archive].assign(network=run.network, seed=run.seed) for run in runs]
+
+
+def collect(runs: list[Run], truth, norm, climatology, client=None) -> pd.DataFrame:
+    """The per-cycle table of every run (shared free runs repeated for each network and seed)."""
+    return pd.concat(run_tables(runs, truth, norm, climatology, client), ignore_index=True)
 
 
 def _matrix(group: pd.DataFrame, score: str) -> tuple[np.ndarray, np.ndarray]:
@@ -152,14 +153,14 @@ def paired_differences(table: pd.DataFrame, a: str, b: str, network: str, score:
 
 
 # -- tuning --------------------------------------------------------------------------------------
-def tuning_table(runs: list[Run], suite: SuiteConfig, truth, norm, climatology) -> pd.DataFrame:
+def tuning_table(runs: list[Run], suite: SuiteConfig, truth, norm, climatology, client=None) -> pd.DataFrame:
     """One row per (method, network, candidate): the tuning score over the validation window and tuning
     seeds, its ratio to the best candidate, `chosen` for the best, and for 3D-Var the Desroziers
-    diagnostics pooled over every used observation (ratio_r ≈ 1, ratio_b ≈ 1, chi2_per_n ≈ 1)."""
+    diagnostics pooled over every used observation (ratio_r ≈ 1, ratio_b ≈ 1, chi2_per_n ≈ 1).
+    Archives are scored as in `collect` (`client`: one task each)."""
     rows = {}
-    for run in runs:
+    for run, table in zip(runs, run_tables(runs, truth, norm, climatology, client)):
         key = (run.method, run.network, json.dumps(run.overrides, sort_keys=True))
-        table = run_table(run, truth, norm, climatology)
         sel = table[table["lead"] == suite.tuning_lead]
         row = rows.setdefault(key, {"method": run.method, "network": run.network, "candidate": key[2], "_values": []})
         row["_values"].append(sel[suite.tuning_score].to_numpy())

@@ -4,16 +4,12 @@ archive without a truth still gets a page."""
 
 from __future__ import annotations
 
-import json
-import re
-import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -27,7 +23,6 @@ from align_da_ops.errors import CycleFailedError
 from align_da_ops.replaying import replay
 from align_da_ops.report import truth_for, write_report
 from align_da_ops.times import CycleTime
-from align_da_ops.verify import over_cycles
 from align_da_ops.wiring import build_context
 
 from factories import tiny_config, tiny_config_dict

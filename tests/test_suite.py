@@ -128,7 +128,6 @@ def test_suite_smoke_run_tunes_scores_and_reports(world, tmp_path):
     for run in runs:  # spin-up cycles run, scoring window covered
         assert Archive.open(run.campaign.archive).is_done(CycleTime(run.score_end))
     table = collect(runs, *truth)
-    pd.testing.assert_frame_equal(table, collect(runs, *truth, workers=2))  # scored in 2 processes: same table
     assert set(table["method"]) == {"free", "3dvar"} and set(table["seed"]) == {0, 1}
     analysis = table[table["lead"] == 0]
     assert len(analysis) == 2 * 2 * 2 * 2  # methods x networks x seeds x scored cycles

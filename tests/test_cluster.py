@@ -1,0 +1,147 @@
+"""dask.distributed: a suite on a 2-worker LocalCluster equals the serial run bit for bit; a worker killed
+mid-campaign is replaced and the campaign resumes from its archive; the command-line policy."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from align_da_ops.archive import Archive
+from align_da_ops.cluster import client_for, local_shape, open_client, run_tasks
+from align_da_ops.suite import distinct_runs, execute, load_suite, scoring_runs
+
+from factories import tiny_config_dict
+
+
+@pytest.fixture(scope="module")
+def config(tiny_nature_run, tmp_path_factory):
+    path = tmp_path_factory.mktemp("cluster") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config_dict(tiny_nature_run), sort_keys=False))
+    return path
+
+
+def _suite(config, root, methods, seeds=(0, 1), spinup_days=0.25, test_days=0.5):
+    path = root / "suite.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "cluster", "config": str(config), "seeds": list(seeds), "spinup_days": spinup_days,
+        "test_days": test_days, "leads_hours": [6], "archive_root": str(root / "archives"),
+        "cold_start": {"kind": "truth_offset", "offset_days": 0.25}, "forecast_model": {"kind": "persistence"},
+        "networks": [{"name": "mask", "networks": [{"kind": "random_mask", "fraction": 0.02, "noise": True}]}],
+        "methods": methods,
+    }))
+    return load_suite(path)
+
+
+FREE = {"name": "free", "analysis": {"kind": "background_only"}}
+THREEDVAR = {"name": "3dvar", "analysis": {"kind": "threedvar", "max_iterations": 30}}
+
+
+def _products(path) -> dict[str, np.ndarray]:
+    archive = Archive.open(path)
+    out = {"done": np.asarray([c.as_numpy() for c in archive.done_cycles()])}
+    for product in ("analysis", "background", "forecast"):
+        ds = archive.open_product(product, dask=False)
+        out |= {f"{product}/{v}": ds[v].values for v in ds.data_vars}
+    return out
+
+
+def _assert_same_archives(runs_a, runs_b):
+    for a, b in zip(distinct_runs(runs_a), distinct_runs(runs_b)):
+        pa, pb = _products(a.campaign.archive), _products(b.campaign.archive)
+        assert pa.keys() == pb.keys() and len(pa["done"]) > 0
+        for key in pa:
+            np.testing.assert_array_equal(pa[key], pb[key], err_msg=f"{a.campaign.archive}: {key}")
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_suite_on_two_workers_equals_the_serial_run_bit_for_bit(config, tmp_path, one_thread):
+    from align_da_ops.cli import _truth_norm_climatology
+    from align_da_ops.suite_scores import collect
+
+    (tmp_path / "serial").mkdir()
+    (tmp_path / "dask").mkdir()
+    suite_s, experiment = _suite(config, tmp_path / "serial", [FREE, THREEDVAR])
+    suite_d, _ = _suite(config, tmp_path / "dask", [FREE, THREEDVAR])
+    serial, parallel = scoring_runs(suite_s, experiment), scoring_runs(suite_d, experiment)
+    assert len(distinct_runs(serial)) == 3  # the free run once, 3D-Var per seed
+    execute(serial)
+    finished = []
+    with open_client(workers=2, threads=1) as client:
+        assert len(client.scheduler_info()["workers"]) == 2
+        assert set(client.run(torch.get_num_threads).values()) == {1}
+        execute(parallel, lambda run, i, n: finished.append(run.campaign.name), client=client)
+        truth = _truth_norm_climatology(experiment)
+        table_d = collect(parallel, *truth, client=client)
+    assert sorted(finished) == sorted(r.campaign.name for r in distinct_runs(parallel))
+    _assert_same_archives(serial, parallel)
+    table_s = collect(serial, *truth)
+    assert len(table_s) == len(table_d) > 0
+    pd.testing.assert_frame_equal(table_s.drop(columns=["seconds_cycle", "seconds_analysis"]),
+                                  table_d.drop(columns=["seconds_cycle", "seconds_analysis"]))
+
+
+def _kill_worker_of(client, key: str, archive_path, after_done: int, killed: list) -> None:
+    """Wait until the campaign's archive has `after_done` done cycles, then SIGKILL the worker running it."""
+    deadline = time.monotonic() + 300
+    flags = archive_path / "cycles"
+    while time.monotonic() < deadline:
+        if flags.exists() and len(list(flags.glob("*.json"))) >= after_done:
+            for worker, keys in client.processing().items():
+                if key in keys:
+                    pid = client.run(os.getpid, workers=[worker])[worker]
+                    killed.append((pid, len(list(flags.glob("*.json")))))
+                    os.kill(pid, signal.SIGKILL)
+                    return
+        time.sleep(0.05)
+
+
+def test_a_worker_killed_mid_campaign_is_replaced_and_the_campaign_resumes(config, tmp_path, one_thread):
+    (tmp_path / "serial").mkdir()
+    (tmp_path / "dask").mkdir()
+    methods = [THREEDVAR]
+    suite_s, experiment = _suite(config, tmp_path / "serial", methods, seeds=(0,), spinup_days=0.75, test_days=0.75)
+    suite_d, _ = _suite(config, tmp_path / "dask", methods, seeds=(0,), spinup_days=0.75, test_days=0.75)
+    serial, parallel = scoring_runs(suite_s, experiment), scoring_runs(suite_d, experiment)
+    execute(serial)
+    total = len(Archive.open(serial[0].campaign.archive).done_cycles())
+    assert total == 6
+    killed: list = []
+    with open_client(workers=2, threads=1) as client:
+        key = f"campaign-0-{parallel[0].campaign.name}"
+        watcher = threading.Thread(target=_kill_worker_of, args=(client, key, parallel[0].campaign.archive, 2, killed))
+        watcher.start()
+        execute(parallel, client=client)
+        watcher.join()
+    assert killed and 2 <= killed[0][1] < total, killed  # killed mid-campaign, then finished elsewhere
+    _assert_same_archives(serial, parallel)
+
+
+def test_task_errors_surface_with_their_message_and_results_keep_item_order():
+    with open_client(workers=2, threads=1) as client:
+        assert run_tasks(client, pow, [3, 1, 2], 2) == [9, 1, 4]
+        with pytest.raises(ZeroDivisionError):
+            run_tasks(client, divmod, [1, 2], 0)
+
+
+def test_local_shape_never_oversubscribes_the_cores():
+    assert local_shape(tasks=4, cores=2) == (2, 1)
+    assert local_shape(tasks=1, cores=16) == (1, 16)
+    assert local_shape(tasks=10, cores=16) == (10, 1)
+    assert local_shape(tasks=10, workers=4, cores=16) == (4, 4)
+    with client_for(tasks=1) as client:  # nothing to share out: this process
+        assert client is None
