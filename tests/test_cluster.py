@@ -145,3 +145,25 @@ def test_local_shape_never_oversubscribes_the_cores():
     assert local_shape(tasks=10, workers=4, cores=16) == (4, 4)
     with client_for(tasks=1) as client:  # nothing to share out: this process
         assert client is None
+
+
+def test_preference_cases_on_two_workers_give_the_serial_pairs(latent_models, one_thread):
+    from align_da_ops.align import preferences as prefs
+    from align_da_ops.data.sources import layout_of, open_states
+    from align_da_ops.diffusion import checkpoint as prior_io
+
+    cfg, _, ae, forecast, prior_path = latent_models
+    states, layout = open_states(cfg), layout_of(cfg)
+    settings = prefs.PreferenceSettings(variant="m", samples=6, steps=3, lead_hours=6, forecast_hours=6, min_side=1)
+    prior = prior_io.load_prior(prior_path, ae.content_hash)
+    cases = list(prefs.cases_from_states(states, layout, forecast, states.time.values[1], states.time.values[4], settings))
+    lat, lon = states.latitude.values, states.longitude.values
+    serial = prefs.build(cases, ae, prior, forecast, layout, lat, lon, settings)
+    progress = []
+    with open_client(workers=2, threads=1) as client:
+        parallel = prefs.build(cases, ae, prior, forecast, layout, lat, lon, settings, client=client,
+                               on_case=lambda done, pairs: progress.append(done))
+    assert serial["counts"] == parallel["counts"] and serial["counts"]["cases"] == 4 and sorted(progress) == [1, 2, 3, 4]
+    for key, value in serial["tensors"].items():
+        assert torch.equal(value, parallel["tensors"][key]), key
+    assert prefs.data_hash(serial["tensors"], settings) == prefs.data_hash(parallel["tensors"], settings)

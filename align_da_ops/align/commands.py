@@ -61,7 +61,11 @@ def align_command(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Aligned prior; default data/<name>/prior-aligned-<variant>.pt."),
     export: Optional[Path] = typer.Option(None, help="Also write an inference-only copy here."),
     seed: int = typer.Option(0),
-    threads: int = typer.Option(0, help="torch CPU threads (0: torch's choice)."),
+    workers: int = typer.Option(0, min=0, help="dask workers scoring preference cases side by side (0: one per core, "
+                                "at most one per case; 1: in this process). Pairs do not depend on it at equal threads."),
+    threads: int = typer.Option(0, min=0, help="torch CPU threads per worker (0: the cores shared out among the workers; "
+                                "in-process: torch's choice); also the alignment's threads."),
+    scheduler: Optional[str] = typer.Option(None, help="Address of a running dask scheduler instead of a LocalCluster."),
 ):
     """Build preference pairs from the unaligned prior (if needed) and fine-tune it by Diffusion-DPO/IPO."""
     import torch
@@ -96,9 +100,12 @@ def align_command(
         else:
             train = cfg.splits.train
             cases = list(prefs.cases_from_states(states, layout, model, train.start, train.end, psettings))
-        with progress_bar("preference cases", total=len(cases)) as bar:
+        from align_da_ops.cluster import client_for
+
+        with client_for(len(cases), workers, threads, scheduler) as client, \
+                progress_bar("preference cases", total=len(cases)) as bar:
             built = prefs.build(cases, ae, reference, model, layout, states[grid.LAT].values, states[grid.LON].values,
-                                psettings, on_case=lambda i, n: bar(i, description=f"cases ({n} pairs)"))
+                                psettings, on_case=lambda i, n: bar(i, description=f"cases ({n} pairs)"), client=client)
         digest = prefs.write_pairs(pairs_path, built, psettings, {
             "prior": reference.content_hash, "autoencoder": ae.content_hash, "forecast_model": model.content_hash,
             "source": str(from_archive) if from_archive else f"nature run {cfg.splits.train.start:%Y-%m-%d}..{cfg.splits.train.end:%Y-%m-%d}",

@@ -119,27 +119,66 @@ def candidates(case: Case, autoencoder, prior, forecast_model, settings: Prefere
     return z.cpu(), z_b[0].cpu(), x.cpu(), later.cpu()
 
 
+@dataclasses.dataclass(frozen=True)
+class ScoredCase:
+    """One case's candidates, rewards and selection (what pairing needs; independent of other cases)."""
+
+    time: np.datetime64
+    z: torch.Tensor  # (N, Cz, h, w) residual latents
+    z_background: torch.Tensor  # (Cz, h, w)
+    rewards: torch.Tensor  # (N, 4) in REWARDS order
+    winners: list[int]
+    losers: list[int]
+    quantile: float
+
+
+def score_case(case: Case, autoencoder, prior, forecast_model, layout, latitudes, longitudes,
+               settings: PreferenceSettings) -> ScoredCase:
+    """Draw, score and select one case's candidates (pure: a function of the case and the seeds)."""
+    z, z_b, x, later = candidates(case, autoencoder, prior, forecast_model, settings)
+    rewards = score_samples(x, case.truth, layout, latitudes, longitudes, forecasts=later, truth_forecast=case.truth_later)
+    winners, losers, q = select(rewards, settings)
+    return ScoredCase(case.time, z, z_b, torch.stack([rewards[k].float() for k in REWARDS], dim=1), winners, losers, q)
+
+
 def build(
     cases: Iterable[Case], autoencoder, prior, forecast_model, layout, latitudes, longitudes,
-    settings: PreferenceSettings, on_case=None,
+    settings: PreferenceSettings, on_case=None, client=None,
 ) -> dict:
-    """Score candidates for every case and collect de-duplicated pairs (tensors + counts)."""
+    """Score candidates for every case and collect de-duplicated pairs (tensors + counts).
+
+    Cases are scored in this process one after another, or with a `distributed.Client` one task per
+    case (the models broadcast to the workers once); pairing and de-duplication then run here in case
+    order, so the pairs are the same either way. `on_case(cases done, pairs so far)`."""
+    if client is None:
+        scored = (score_case(c, autoencoder, prior, forecast_model, layout, latitudes, longitudes, settings) for c in cases)
+    else:
+        from align_da_ops.cluster import run_tasks
+
+        models = [client.scatter(m, broadcast=True, hash=False) for m in (autoencoder, prior, forecast_model)]
+        cases = list(cases)
+        scored = run_tasks(client, score_case, cases, *models, layout, latitudes, longitudes, settings,
+                           keys=[f"preference-case-{i}" for i in range(len(cases))],
+                           on_done=(lambda i, done, n: on_case(done, 0)) if on_case else None)
+        on_case = None
+    return pair_cases(scored, settings, on_case)
+
+
+def pair_cases(scored: Iterable[ScoredCase], settings: PreferenceSettings, on_case=None) -> dict:
+    """Pair winners with losers case by case (one seeded generator across cases), drop duplicate pairs."""
     rng = np.random.default_rng(settings.seed)
     out = {k: [] for k in ("z_winner", "z_loser", "z_background", "rewards_winner", "rewards_loser", "case_time")}
     seen: set[str] = set()
     counts = {"cases": 0, "cases_without_pairs": 0, "composite_fallback": 0, "duplicates": 0, "quantiles": []}
-    for case in cases:
-        z, z_b, x, later = candidates(case, autoencoder, prior, forecast_model, settings)
-        rewards = score_samples(x, case.truth, layout, latitudes, longitudes, forecasts=later, truth_forecast=case.truth_later)
-        table = torch.stack([rewards[k].float() for k in REWARDS], dim=1)
-        winners, losers, q = select(rewards, settings)
+    for case in scored:
+        z, q = case.z, case.quantile
         counts["cases"] += 1
-        if not winners:
+        if not case.winners:
             counts["cases_without_pairs"] += 1
         if q != q:
             counts["composite_fallback"] += 1
         counts["quantiles"].append(q)
-        for w, l in pair_up(winners, losers, rng):
+        for w, l in pair_up(case.winners, case.losers, rng):
             key = hashlib.sha256(z[w].numpy().tobytes() + z[l].numpy().tobytes()).hexdigest()
             if key in seen:
                 counts["duplicates"] += 1
@@ -147,9 +186,9 @@ def build(
             seen.add(key)
             out["z_winner"].append(z[w])
             out["z_loser"].append(z[l])
-            out["z_background"].append(z_b)
-            out["rewards_winner"].append(table[w])
-            out["rewards_loser"].append(table[l])
+            out["z_background"].append(case.z_background)
+            out["rewards_winner"].append(case.rewards[w])
+            out["rewards_loser"].append(case.rewards[l])
             out["case_time"].append(case.time.astype("datetime64[s]").astype(np.int64))
         if on_case:
             on_case(counts["cases"], len(out["z_winner"]))
