@@ -38,9 +38,13 @@ def _finite(x: torch.Tensor, archive: Archive, product: str, cycles) -> torch.Te
     return x
 
 
+VERIFY_BLOCK_CYCLES = 40  # cycles read and scored at a time: bounds memory whatever the archive's length
+
+
 def archive_scores(
     archive: Archive, truth: xr.Dataset, method: str, norm: grid.Normalization | None = None,
     climatology: torch.Tensor | None = None, start=None, end=None, balance_levels=BALANCE_LEVELS,
+    block_cycles: int = VERIFY_BLOCK_CYCLES,
 ) -> pd.DataFrame:
     """Per-cycle scores of an archive's done cycles in [start, end] (default: all) against the truth.
 
@@ -48,22 +52,36 @@ def archive_scores(
     (lead 6 h is the next cycle's background). Columns: wrmse_, bias_ (and acc_ with a climatology) per
     channel, latitude-weighted mse/mae_normalized (with `norm`), `imbalance_<level>` and
     `imbalance_truth_<level>` (`verify.imbalance_ratio`), and for archives that store members, at
-    lead 0, `ensemble_scores`. Computed batched over cycles (`verify.score_columns`), one lead at a time.
+    lead 0, `ensemble_scores`. Computed `block_cycles` cycles at a time, each block read lazily from the
+    archive's Zarr chunks (one per cycle) and the truth's, so memory is bounded by the block, not by the
+    archive's length; within a block batched over cycles (`verify.score_columns`), one lead at a time.
     """
-    layout, lat, lon = archive.layout, archive.lat, archive.lon
     cycles = [c for c in archive.done_cycles()
               if (start is None or c.value >= _as_datetime(start)) and (end is None or c.value <= _as_datetime(end))]
     if not cycles:
         return verify.scores_table([])
+    products = {p: archive.open_product(p, dask=False) for p in ("analysis", "forecast") + (("members",) if archive.n_members else ())}
+    frames = [_block_scores(archive, products, truth, method, cycles[i : i + block_cycles], norm, climatology, balance_levels)
+              for i in range(0, len(cycles), block_cycles)]
+    frame = pd.concat(frames, ignore_index=True)
+    frame["lead"] = pd.to_timedelta(frame["lead"], unit="h").astype("timedelta64[ns]")
+    frame["cycle_time"] = pd.to_datetime(frame["cycle_time"]).astype("datetime64[ns]")
+    return verify.tidy_scores(frame)
+
+
+def _block_scores(archive: Archive, products: dict, truth: xr.Dataset, method: str, cycles: list[CycleTime], norm,
+                  climatology, balance_levels) -> pd.DataFrame:
+    """`archive_scores` rows of some cycles (lead in hours), reading only their chunks."""
+    layout, lat, lon = archive.layout, archive.lat, archive.lon
     times = np.asarray([c.as_numpy() for c in cycles])
     have = truth.indexes[grid.TIME]
-    analysis = _finite(_stack(archive.open_product("analysis", dask=False).sel({grid.TIME: times}), layout), archive, "analysis", cycles)
-    forecast = archive.open_product("forecast", dask=False).sel({grid.TIME: times}).load()
+    analysis = _finite(_stack(products["analysis"].sel({grid.TIME: times}), layout), archive, "analysis", cycles)
+    forecast = products["forecast"].sel({grid.TIME: times}).load()
     _finite(torch.as_tensor(np.concatenate([forecast[v].values.reshape(len(times), -1) for v in forecast.data_vars], 1)),
             archive, "forecast", cycles)
     members = None
-    if archive.n_members:
-        members = _finite(_stack(archive.open_product("members", dask=False).sel({grid.TIME: times}), layout), archive, "members", cycles)
+    if "members" in products:
+        members = _finite(_stack(products["members"].sel({grid.TIME: times}), layout), archive, "members", cycles)
     levels = [p for p in balance_levels if p in layout.levels and "u_component_of_wind" in layout.upper_air
               and "geopotential" in layout.upper_air]
     frames = []
@@ -82,7 +100,7 @@ def archive_scores(
             columns |= ensemble_scores(members[keep], x_true, lat, layout.channels)
         frame = pd.DataFrame({k: np.asarray(torch.as_tensor(v).cpu(), dtype=np.float64) for k, v in columns.items()})
         frames.append(frame.assign(cycle_time=times[keep], lead=lead, method=method))
-    return verify.scores_table(pd.concat(frames, ignore_index=True).to_dict("records"))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(verify.INDEX))
 
 
 RANK_HISTOGRAM_CHANNELS = ("geopotential_500", "temperature_850")

@@ -286,7 +286,12 @@ def scores_table(records: Iterable[Mapping]) -> pd.DataFrame:
         rows.append({**rec, "cycle_time": pd.Timestamp(rec["cycle_time"]), "lead": lead, "method": str(rec["method"])})
     if not rows:
         return pd.DataFrame(index=pd.MultiIndex.from_tuples([], names=list(INDEX)))
-    df = pd.DataFrame(rows).set_index(list(INDEX)).sort_index()
+    return tidy_scores(pd.DataFrame(rows))
+
+
+def tidy_scores(frame: pd.DataFrame) -> pd.DataFrame:
+    """`scores_table` from a frame with INDEX columns (cycle_time datetime64, lead Timedelta, method str)."""
+    df = frame.set_index(list(INDEX)).sort_index()
     dup = df.index[df.index.duplicated()]
     if len(dup):
         raise ValueError(f"duplicate score records for {list(dup[:3])}")

@@ -189,3 +189,15 @@ def test_departure_numbers_are_numpys_on_the_archived_obs(var3d):
 
 def _tmp_png(archive: Archive) -> Path:
     return archive.root.parent / "scratch" / "histograms.png"
+
+
+def test_scores_read_block_by_block_equal_the_whole_archive_read_at_once(letkf):
+    """The bounded-memory path (one cycle's chunks at a time) gives the table of one batched read."""
+    archive = letkf[0]
+    truth = truth_for(archive)
+    kw = dict(norm=truth.norm, climatology=truth.climatology)
+    whole = evaluation.archive_scores(archive, truth.states, "letkf", block_cycles=1000, **kw)
+    blocks = evaluation.archive_scores(archive, truth.states, "letkf", block_cycles=1, **kw)
+    assert len(whole.index.get_level_values("cycle_time").unique()) == 2 and "crps_geopotential_500" in whole.columns
+    assert whole.index.get_level_values("lead").dtype == "timedelta64[ns]"
+    pd.testing.assert_frame_equal(whole, blocks)
