@@ -83,7 +83,9 @@ def test_increment_std_and_persistence_scores_oracle():
     x = torch.zeros(5, 2, 4, 8)
     x[:, 0] = torch.arange(5.0)[:, None, None]  # +1 each step: increments constant, std 0 -> floor
     x[:, 1] = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0])[:, None, None]
-    np.testing.assert_allclose(increment_std(x), [1e-3, 1.0])
+    np.testing.assert_allclose(increment_std([torch.stack([x[:-1], x[1:]], 1)]), [1e-3, 1.0])
+    batches = [torch.stack([x[i:j], x[i + 1 : j + 1]], 1) for i, j in ((0, 1), (1, 4))]  # streamed in parts
+    np.testing.assert_allclose(increment_std(batches), [1e-3, 1.0])
     layout = grid.StateLayout(("geopotential", "temperature", "u_component_of_wind", "v_component_of_wind"), (), (500, 850))
     series = torch.arange(6.0)[:, None, None, None].expand(6, 8, 4, 8).contiguous()
     scores = forecast_scores(Persistence(), series, starts_for(6, (6, 24), 6), layout, gaussian_latitudes(4), (6, 24))

@@ -3,20 +3,24 @@
 `train(cfg, output, settings)` fits `SphereUNet` on consecutive 6-h pairs (or
 windows of `rollout_steps` + 1 states for the multi-step loss, from epoch
 `rollout_from_epoch` on) of the training split, normalised with the store's
-training-split statistics. Loss: the latitude-weighted MSE of the state error
+training-split statistics. Windows are streamed from the store
+(`data.streaming.StateWindows`, chunk-grouped seeded order): neither split is
+ever held in memory whole. Loss: the latitude-weighted MSE of the state error
 in units of the per-channel 6-h increment std, averaged over the rollout steps
 (backpropagated through the whole rollout). AdamW, linear warm-up then cosine
-decay per optimiser step; bf16 autocast on CUDA only. After every epoch: validation WRMSE (z500, t850 at
-6 h and 24 h, physical units) and an atomic checkpoint with the training state,
-so rerunning the same command resumes where it stopped (a larger `epochs`
-extends the schedule). Deterministic on CPU for a given seed.
+decay per optimiser step; bf16 autocast on CUDA only. After every epoch:
+validation WRMSE (z500, t850 at 6 h and 24 h, physical units) and an atomic
+checkpoint with the training state, so rerunning the same command resumes
+where it stopped (a larger `epochs` extends the schedule). Deterministic on
+CPU for a given seed and number of processes. Under torchrun
+(`parallel_training`) each rank trains on its share of every global batch,
+and only rank 0 validates and writes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,9 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from align_da_ops import checkpoint_io, grid
+from align_da_ops import checkpoint_io, grid, parallel_training
 from align_da_ops.config import ExperimentConfig, config_hash
 from align_da_ops.data.sources import layout_of, normalization_path, open_states, read_normalization
+from align_da_ops.data.streaming import ChunkShuffleSampler, StateWindows, split_positions, window_loader
 from align_da_ops.errors import SchemaError
 from align_da_ops.forecast import checkpoint as ckpt_io
 from align_da_ops.forecast.network import Architecture, SphereUNet
@@ -53,74 +58,75 @@ class TrainSettings:
 
 
 def load_split(states, layout: grid.StateLayout, period) -> torch.Tensor:
-    """(time, channel, lat, lon) float32 of one split; times must be consecutive 6-hourly."""
-    sel = states.sel({grid.TIME: slice(period.start, period.end)})
-    times = sel[grid.TIME].values
-    if len(times) < 2:
-        raise SchemaError(f"split [{period.start}, {period.end}] holds {len(times)} states; need at least 2")
-    gaps = np.unique(np.diff(times).astype("timedelta64[h]").astype(int))
-    if gaps.tolist() != [6]:
-        raise SchemaError(f"split [{period.start}, {period.end}] is not 6-hourly without gaps (steps {gaps.tolist()} h)")
-    return layout.to_tensor(sel.load())[0]
+    """(time, channel, lat, lon) float32 of one split, all in memory; times must be consecutive 6-hourly."""
+    return layout.to_tensor(states.isel({grid.TIME: split_positions(states, period)}).load())[0]
 
 
-def increment_std(x_norm: torch.Tensor, floor: float = 1e-3) -> np.ndarray:
-    """Per-channel std of 6-h increments of a normalised series (time, channel, lat, lon)."""
-    d = (x_norm[1:] - x_norm[:-1]).movedim(1, 0).reshape(x_norm.shape[1], -1).double()
-    return np.maximum(d.std(1, correction=0).numpy(), floor)
+def increment_std(windows, floor: float = 1e-3) -> np.ndarray:
+    """Per-channel std of the 6-h increments w[:, 1] - w[:, 0] of normalised windows (B, >=2, channel, lat, lon)
+    given batch by batch (Chan's pairwise update of mean and squared deviations, float64)."""
+    n, mean, m2 = 0, 0.0, 0.0
+    for w in windows:
+        d = (w[:, 1] - w[:, 0]).movedim(1, 0).reshape(w.shape[2], -1).double()
+        k, batch_mean = d.shape[1], d.mean(1)
+        batch_m2 = (d - batch_mean[:, None]).pow(2).sum(1)
+        delta = batch_mean - mean
+        mean = mean + delta * k / (n + k)
+        m2 = m2 + batch_m2 + delta.pow(2) * n * k / (n + k)
+        n += k
+    return np.maximum((m2 / n).sqrt().numpy(), floor)
 
 
 def rollout_loss(net: SphereUNet, window: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Mean over steps of the lat-weighted MSE in increment-std units; window (B, k+1, C, lat, lon)."""
     state, total = window[:, 0], 0.0
     steps = window.shape[1] - 1
+    scale = parallel_training.unwrap(net).delta_std  # net may be DDP-wrapped
     for s in range(1, steps + 1):
         state = net(state)
-        err = (state.float() - window[:, s]) / net.delta_std
+        err = (state.float() - window[:, s]) / scale
         total = total + (err.pow(2) * weights).mean()
     return total / steps
 
 
 @torch.no_grad()
 def validation_scores(
-    net: SphereUNet, x_norm: torch.Tensor, norm, layout, lat, stride: int = 2, batch: int = 32
+    net: SphereUNet, windows: StateWindows, norm, layout, lat, stride: int = 2, batch: int = 32
 ) -> dict[str, float]:
-    """Mean WRMSE (physical units) of z500/t850 at 6 and 24 h over starts every `stride` states."""
+    """Mean WRMSE (physical units) of z500/t850 at 6 and 24 h from every `stride`-th window (normalised,
+    `max(VALIDATION_LEADS) // 6` steps), streamed in order."""
     device = next(net.parameters()).device
     w = torch.as_tensor(grid.latitude_weights(np.asarray(lat)), dtype=torch.float64, device=device)[:, None]
     chans = {f"{grid.VARIABLES[v].short}{p}": layout.channel_index(v, p) for v, p in VALIDATION}
-    max_steps = max(VALIDATION_LEADS) // 6
-    starts = list(range(0, x_norm.shape[0] - max_steps, stride))
+    starts = list(range(0, len(windows), stride))
     sums = {f"{k}_{h}h": 0.0 for k in chans for h in VALIDATION_LEADS}
     was_training = net.training
     net.eval()
-    for i in range(0, len(starts), batch):
-        idx = starts[i : i + batch]
-        state = x_norm[idx].to(device)
-        for s in range(1, max_steps + 1):
+    for _, window in window_loader(torch.utils.data.Subset(windows, starts), batch):
+        window = window.to(device)
+        state = window[:, 0]
+        for s in range(1, window.shape[1]):
             state = net(state).float()
             if 6 * s in VALIDATION_LEADS:
-                err = norm.denormalize(state.double()) - norm.denormalize(x_norm[[j + s for j in idx]].to(device).double())
+                err = norm.denormalize(state.double()) - norm.denormalize(window[:, s].double())
                 for k, c in chans.items():
                     sums[f"{k}_{6 * s}h"] += float(((err[:, c] ** 2 * w).mean((-2, -1))).sqrt().sum())
     net.train(was_training)
     return {k: (v / len(starts) if starts else float("nan")) for k, v in sums.items()}
 
 
-def _epoch(net, opt, windows, weights, settings: TrainSettings, epoch: int, total: int, on_step, amp: bool) -> list[float]:
-    """One pass over the windows in a seeded order; returns the batch losses."""
+def _epoch(net, opt, loader, weights, settings: TrainSettings, epoch: int, total: int, steps: int, on_step, amp: bool) -> list[float]:
+    """One pass over this rank's share of the windows in the sampler's seeded order; returns the batch losses."""
     device = weights.device
-    n = windows.shape[0]
-    per_epoch = math.ceil(n / settings.batch_size)
+    per_epoch = len(loader)
+    loader.sampler.set_epoch(epoch)
     net.train()
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(settings.seed * 100003 + epoch))
     losses = []
-    for i in range(per_epoch):
+    for i, (_, batch) in enumerate(loader):
         for group in opt.param_groups:
             group["lr"] = checkpoint_io.warmup_cosine(settings.lr, settings.warmup_steps, epoch * per_epoch + i, total)
-        batch = windows[order[i * settings.batch_size : (i + 1) * settings.batch_size]].to(device)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
-            loss = rollout_loss(net, batch, weights)
+            loss = rollout_loss(net, batch[:, : steps + 1].to(device), weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -145,17 +151,33 @@ def train(
     device: torch.device = torch.device("cpu"),
     on_step: Callable[[int, int, int, float], None] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    world: parallel_training.World | None = None,
+    workers: int = 0,
 ) -> list[dict]:
-    """Train (or resume) into `output`; returns the per-epoch history (loss, validation WRMSE, seconds)."""
+    """Train (or resume) into `output`; returns the per-epoch history (loss, validation WRMSE, seconds).
+
+    `world`: this process's rank under torchrun (`parallel_training.launch`; default one process on `device`);
+    `settings.batch_size` is the global batch. `workers`: DataLoader worker processes per rank.
+    """
+    world = world or parallel_training.single(device)
+    device = world.device
     layout = layout_of(cfg)
-    states = open_states(cfg)
-    lat = states[grid.LAT].values
+    lat = open_states(cfg)[grid.LAT].values
     norm = read_normalization(normalization_path(cfg))
-    x_train = norm.normalize(load_split(states, layout, cfg.splits.train))
-    x_val = norm.normalize(load_split(states, layout, cfg.splits.validation))
+    k = settings.rollout_steps
+    train_windows = StateWindows(cfg, cfg.splits.train, k, norm)
+    if len(train_windows) < 1:
+        raise SchemaError(f"the training split has {train_windows.n_states} states; rollout_steps={k} needs at least {k + 1}")
+    val_windows = StateWindows(cfg, cfg.splits.validation, max(VALIDATION_LEADS) // 6, norm)
+    batch = parallel_training.per_rank_batch(settings.batch_size, world)
+    sampler = ChunkShuffleSampler(train_windows.block_ids, settings.seed, world.rank, world.world_size)
+    loader = window_loader(train_windows, batch, sampler, workers)
     arch = Architecture(layout.n_channels, settings.width, settings.blocks, settings.levels)
     resumed = _resume(output, cfg, layout, arch) if Path(output).exists() else None
-    delta = np.asarray(resumed["delta_std"]) if resumed else increment_std(x_train)
+    if resumed:
+        delta = np.asarray(resumed["delta_std"])
+    else:
+        delta = increment_std(w for _, w in window_loader(StateWindows(cfg, cfg.splits.train, 1, norm), 16))
     torch.manual_seed(settings.seed)
     net = SphereUNet(arch, lat, delta).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
@@ -164,24 +186,23 @@ def train(
         net.load_state_dict(resumed["state_dict"])
         opt.load_state_dict(resumed["training"]["optimizer"])
         start_epoch, history = int(resumed["training"]["epoch"]), list(resumed["training"]["history"])
-    k = settings.rollout_steps
-    n_windows = x_train.shape[0] - k
-    if n_windows < 1:
-        raise SchemaError(f"the training split has {x_train.shape[0]} states; rollout_steps={k} needs at least {k + 1}")
-    windows = torch.stack([x_train[i : i + k + 1] for i in range(n_windows)])
+    model = parallel_training.wrap(net, world)
     weights = torch.as_tensor(grid.latitude_weights(lat), dtype=torch.float32, device=device)[:, None]
-    per_epoch = math.ceil(n_windows / settings.batch_size)
-    total = settings.epochs * per_epoch
+    total = settings.epochs * len(loader)
     amp = device.type == "cuda"
+    cfg_json = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
     for epoch in range(start_epoch, settings.epochs):
         t0 = time.perf_counter()
         steps = k if epoch >= settings.rollout_from_epoch else 1
-        losses = _epoch(net, opt, windows[:, : steps + 1], weights, settings, epoch, total, on_step, amp)
-        record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), **validation_scores(net, x_val, norm, layout, lat)}
-        record["seconds"] = time.perf_counter() - t0
+        losses = _epoch(model, opt, loader, weights, settings, epoch, total, steps, on_step, amp)
+        loss = parallel_training.mean_over_ranks(float(np.mean(losses)), world)
+        record = {"epoch": epoch + 1, "loss": loss}
         history.append(record)
+        if not world.is_main:
+            continue
+        record.update(validation_scores(net, val_windows, norm, layout, lat))
+        record["seconds"] = time.perf_counter() - t0
         training = {"epoch": epoch + 1, "optimizer": opt.state_dict(), "history": history, "settings": dataclasses.asdict(settings)}
-        cfg_json = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
         ckpt_io.save(ckpt_io.build_checkpoint(net, norm, cfg_json, config_hash(cfg), lat, cfg.state.grid.nlon, training), output)
         if on_epoch:
             on_epoch(record)
