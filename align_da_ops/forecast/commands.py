@@ -30,18 +30,24 @@ def train_forecast(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Checkpoint (.pt); resumed if it exists. Default: data/<name>/neural-forecast.pt."),
     rollout_steps: int = typer.Option(4, help="6-h steps in the loss (multi-step rollout loss when > 1)."),
     rollout_from_epoch: int = typer.Option(16, help="Epochs of single-step loss before the rollout loss starts."),
-    batch_size: int = typer.Option(8, help="Samples per optimiser step."),
+    batch_size: int = typer.Option(8, help="Samples per optimiser step (all torchrun processes together)."),
     lr: float = typer.Option(1.5e-3, help="Peak learning rate (AdamW, cosine decay)."),
     width: int = typer.Option(64, help="Hidden channels at full resolution (multiple of 8)."),
     blocks: int = typer.Option(2, help="Residual blocks per U-Net stage."),
     levels: int = typer.Option(1, help="2x poolings (U-Net depth); add one per doubling of resolution."),
     seed: int = typer.Option(0, help="Initialisation and shuffling seed."),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch's choice)."),
+    workers: int = typer.Option(0, help="DataLoader worker processes reading the store (per torchrun process)."),
     export: Optional[Path] = typer.Option(None, help="Also write an inference-only copy here (no optimiser state)."),
 ):
-    """Train (or resume) the neural 6-h forecast model on the config's train split; validate per epoch."""
+    """Train (or resume) the neural 6-h forecast model on the config's train split; validate per epoch.
+
+    Data-parallel on several processes when launched by torchrun
+    (`torchrun --standalone --nproc_per_node N -m align_da_ops.cli train forecast ...`); rank 0 writes.
+    """
     import torch
 
+    from align_da_ops import parallel_training
     from align_da_ops.config import load_config
     from align_da_ops.devices import resolve_device
     from align_da_ops.forecast import checkpoint as ckpt_io
@@ -54,19 +60,22 @@ def train_forecast(
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, rollout_steps=rollout_steps,
                              rollout_from_epoch=rollout_from_epoch,
                              width=width, blocks=blocks, levels=levels, seed=seed)
-    device = resolve_device(cfg.device)
-    with progress_bar("epoch") as bar:
+    with parallel_training.launch(resolve_device(cfg.device)) as world:
+        if not world.is_main:
+            train(cfg, target, settings, world=world, workers=workers)
+            return
+        with progress_bar("epoch") as bar:
 
-        def on_step(epoch, i, n, loss):
-            bar(i, n, f"epoch {epoch + 1}/{epochs} loss {loss:.3f}")
+            def on_step(epoch, i, n, loss):
+                bar(i, n, f"epoch {epoch + 1}/{epochs} loss {loss:.3f}")
 
-        def on_epoch(r):
-            bar.print(
-                f"epoch {r['epoch']:3d}  loss {r['loss']:.4f}  val WRMSE z500 {r['z500_6h']:.1f}/{r['z500_24h']:.1f} m²/s²"
-                f"  t850 {r['t850_6h']:.3f}/{r['t850_24h']:.3f} K (6/24 h)  {r['seconds']:.1f} s"
-            )
+            def on_epoch(r):
+                bar.print(
+                    f"epoch {r['epoch']:3d}  loss {r['loss']:.4f}  val WRMSE z500 {r['z500_6h']:.1f}/{r['z500_24h']:.1f} m²/s²"
+                    f"  t850 {r['t850_6h']:.3f}/{r['t850_24h']:.3f} K (6/24 h)  {r['seconds']:.1f} s"
+                )
 
-        history = train(cfg, target, settings, device, on_step=on_step, on_epoch=on_epoch)
+            history = train(cfg, target, settings, on_step=on_step, on_epoch=on_epoch, world=world, workers=workers)
     ckpt = ckpt_io.read(target)
     out.print(f"wrote {target} (hash {ckpt['content_hash']}, {len(history)} epochs, {sum(r['seconds'] for r in history):.0f} s)")
     if export is not None:
