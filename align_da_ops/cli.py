@@ -486,6 +486,47 @@ def bench_letkf(
     out.print(table)
 
 
+@bench_app.command("scale")
+def bench_scale(
+    config: Path = typer.Argument(Path("config/tiny.yaml"), help="Experiment config (an OSSE with shipped models)."),
+    parts: str = typer.Option("suite,preferences,verification", help="Which measurements (comma-separated)."),
+    workers: int = typer.Option(2, min=1, help="dask workers of the LocalCluster (cores shared out among them)."),
+    days: float = typer.Option(2.0, help="Scored days per campaign of the 4-campaign suite (after 1 day of spin-up)."),
+    cases: int = typer.Option(8, help="Preference cases."),
+    lengths: str = typer.Option("120,1460", help="Cycles of the synthetic archives scored for memory."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the measurements here."),
+):
+    """Serial vs dask workers (suite of 4 campaigns, preference cases: wall ratio, one run) and the peak
+    memory of verification as archives grow (block by block vs read whole)."""
+    import json
+
+    from align_da_ops import scaling_bench
+    from align_da_ops.diffusion.commands import _parse_ints
+
+    wanted = set(parts.split(","))
+    unknown = wanted - {"suite", "preferences", "verification"}
+    if unknown:
+        raise typer.BadParameter(f"unknown parts {sorted(unknown)}", param_hint="--parts")
+    results = {}
+    for name, run in (("suite", lambda: scaling_bench.suite_wall(config, workers, days)),
+                      ("preferences", lambda: scaling_bench.preference_wall(config, workers, cases))):
+        if name in wanted:
+            r = results[name] = run()
+            out.print(f"{name}: serial {r['serial_s']:.1f} s ({r['serial_threads']} torch threads) vs {r['workers']} workers x "
+                      f"{r['threads_per_worker']} thread(s) {r['dask_s']:.1f} s: speed-up {r['speed_up']:.2f}x "
+                      f"({', '.join(f'{k} {v}' for k, v in r.items() if k in ('campaigns', 'cycles', 'cases', 'pairs'))})")
+    if "verification" in wanted:
+        rows = results["verification"] = scaling_bench.verification_memory(tuple(_parse_ints(lengths, "--lengths")))
+        table = Table(title="archive verification: peak memory (fresh process per row; MiB above the imports' baseline)")
+        for col in ("cycles", "read", "added MiB", "peak MiB", "seconds"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(str(r["cycles"]), r["read"], f"{r['added_mib']:.0f}", f"{r['peak_mib']:.0f}", f"{r['seconds']:.1f}")
+        out.print(table)
+    if json_out:
+        json_out.write_text(json.dumps(results, indent=1))
+
+
 @app.command("pipeline")
 def pipeline(
     config: Path = typer.Argument(Path("config/tiny.yaml"), help="Experiment config (an OSSE)."),

@@ -29,6 +29,10 @@ def config(tiny_nature_run, tmp_path_factory):
 
 
 def _suite(config, root, methods, seeds=(0, 1), spinup_days=0.25, test_days=0.5):
+    return load_suite(_suite_path(config, root, methods, seeds, spinup_days, test_days)[0])
+
+
+def _suite_path(config, root, methods, seeds=(0, 1), spinup_days=0.25, test_days=0.5):
     path = root / "suite.yaml"
     path.write_text(yaml.safe_dump({
         "name": "cluster", "config": str(config), "seeds": list(seeds), "spinup_days": spinup_days,
@@ -37,7 +41,7 @@ def _suite(config, root, methods, seeds=(0, 1), spinup_days=0.25, test_days=0.5)
         "networks": [{"name": "mask", "networks": [{"kind": "random_mask", "fraction": 0.02, "noise": True}]}],
         "methods": methods,
     }))
-    return load_suite(path)
+    return path, root
 
 
 FREE = {"name": "free", "analysis": {"kind": "background_only"}}
@@ -167,3 +171,41 @@ def test_preference_cases_on_two_workers_give_the_serial_pairs(latent_models, on
     for key, value in serial["tensors"].items():
         assert torch.equal(value, parallel["tensors"][key]), key
     assert prefs.data_hash(serial["tensors"], settings) == prefs.data_hash(parallel["tensors"], settings)
+
+
+def test_jobqueue_example_runs_the_suite_command_on_its_scheduler(config, tmp_path, monkeypatch):
+    """deploy/dask-jobqueue.py with its batch cluster stood in for by a LocalCluster: the command it runs
+    (`align-da suite run ... --scheduler ADDRESS --threads N`) replays and scores the suite there."""
+    import importlib.util
+    import sys
+
+    from distributed import LocalCluster
+    from typer.testing import CliRunner
+
+    from align_da_ops.cli import app
+
+    from factories import REPO
+
+    spec = importlib.util.spec_from_file_location("dask_jobqueue_example", REPO / "deploy" / "dask-jobqueue.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    suite_path, _ = _suite_path(config, tmp_path, [FREE, THREEDVAR], seeds=(0,))
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1")
+    cluster.job_script = lambda: "#!/bin/sh (stand-in)"
+    monkeypatch.setattr(example, "make_cluster", lambda args: cluster)
+    commands = []
+
+    def call(command):
+        commands.append(command)
+        result = CliRunner().invoke(app, command[1:])
+        assert result.exit_code == 0, (result.output, result.exception)
+        return 0
+
+    monkeypatch.setattr(example.subprocess, "call", call)
+    monkeypatch.setattr(sys, "argv", ["dask-jobqueue.py", str(suite_path), "--cores", "1"])
+    assert example.main() == 0
+    assert commands[0][:4] == ["align-da", "suite", "run", str(suite_path)]
+    assert commands[0][4:] == ["--scheduler", cluster.scheduler_address, "--threads", "1"]
+    assert (tmp_path / "archives" / "report" / "summary.csv").is_file()
+    for method in ("free", "3dvar"):
+        assert len(Archive.open(tmp_path / "archives" / "test" / method / "mask" / "s0").done_cycles()) == 3
