@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import collections
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -158,6 +158,11 @@ class ChunkShuffleSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         order = self.epoch_order(self.epoch)[: len(self) * self.world_size]
         return iter(order[self.rank :: self.world_size].tolist())
+
+
+def batches_of(x, batch: int) -> Iterable[torch.Tensor]:
+    """A tensor (B, ...) in batches of `batch` along its first axis; any other iterable of batches as it is."""
+    return x.split(batch) if isinstance(x, torch.Tensor) else x
 
 
 def window_loader(data: Dataset, batch_size: int, sampler: Sampler | None = None, workers: int = 0) -> DataLoader:

@@ -54,6 +54,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from align_da_ops.data.streaming import batches_of
 from align_da_ops.errors import SchemaError
 from align_da_ops.forecast.network import ResBlock, SphereConv
 from align_da_ops.grid import Normalization
@@ -177,9 +178,14 @@ class SphereAutoencoder(nn.Module):
         """decode(encode(x)) without the standardisation (what training optimises)."""
         return self.decode_raw(self.encode_raw(x))
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`reconstruct` (the call DDP wraps in training)."""
+        return self.reconstruct(x)
+
     @torch.no_grad()
-    def init_from_pca(self, x_norm: torch.Tensor, batch: int = 64) -> None:
-        """Make the untrained autoencoder the latitude-weighted patch PCA of x_norm (B, C, lat, lon).
+    def init_from_pca(self, x_norm, batch: int = 64) -> None:
+        """Make the untrained autoencoder the latitude-weighted patch PCA of x_norm (B, C, lat, lon), a tensor
+        or an iterable of such batches (streamed).
 
         The linear patch path (`patch_in`: each f x f patch of the state -> Cz numbers;
         `patch_out`: back) gets the leading eigenvectors of the patches' (uncentred:
@@ -195,8 +201,8 @@ class SphereAutoencoder(nn.Module):
         w = self.static[1, :, 0].double().cpu()  # cos(latitude)
         w = (w / w.mean()).reshape(-1, f).mean(1)  # per row of patches
         moment, total = torch.zeros(d, d, dtype=torch.float64), 0.0
-        for i in range(0, x_norm.shape[0], batch):
-            x = x_norm[i : i + batch].double().cpu()
+        for x in batches_of(x_norm, batch):
+            x = x.double().cpu()
             b, _, nlat, nlon = x.shape
             patches = x.reshape(b, c, nlat // f, f, nlon // f, f).permute(0, 2, 4, 1, 3, 5).reshape(-1, d)
             pw = w[None, :, None].expand(b, -1, nlon // f).reshape(-1)
@@ -219,12 +225,13 @@ class SphereAutoencoder(nn.Module):
         self.latent_std.fill_(1.0)
 
     @torch.no_grad()
-    def set_latent_statistics(self, x_norm: torch.Tensor, batch: int = 16, floor: float = 1e-6) -> None:
-        """Set latent_mean/std to the per-channel mean/std of the raw latents of x_norm (samples and grid)."""
+    def set_latent_statistics(self, x_norm, batch: int = 16, floor: float = 1e-6) -> None:
+        """Set latent_mean/std to the per-channel mean/std of the raw latents of x_norm (samples and grid);
+        x_norm: (B, C, lat, lon), a tensor or an iterable of such batches (streamed)."""
         n, total, total_sq = 0, 0.0, 0.0
         device = self.latent_mean.device
-        for i in range(0, x_norm.shape[0], batch):
-            h = self.encode_raw(x_norm[i : i + batch].to(device, torch.float32)).double()
+        for x in batches_of(x_norm, batch):
+            h = self.encode_raw(x.to(device, torch.float32)).double()
             total = total + h.sum((0, 2, 3))
             total_sq = total_sq + h.pow(2).sum((0, 2, 3))
             n += h.shape[0] * h.shape[2] * h.shape[3]

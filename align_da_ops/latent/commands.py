@@ -33,15 +33,21 @@ def train_autoencoder(
     downsampling: int = typer.Option(4, help="Down-sampling factor per horizontal axis (1, 2, 4 or 8)."),
     width: int = typer.Option(32, help="Hidden channels at full resolution (multiple of 8, doubled per 2x stage)."),
     blocks: int = typer.Option(1, help="Residual blocks per stage."),
-    batch_size: int = typer.Option(8, help="Samples per optimiser step."),
+    batch_size: int = typer.Option(8, help="Samples per optimiser step (all torchrun processes together)."),
     lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW, cosine decay)."),
     seed: int = typer.Option(0, help="Initialisation, shuffling and augmentation seed."),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch's choice)."),
+    workers: int = typer.Option(0, help="DataLoader worker processes reading the store (per torchrun process)."),
     export: Optional[Path] = typer.Option(None, help="Also write an inference-only copy here (no optimiser state)."),
 ):
-    """Train (or resume) the latent autoencoder on the config's train split; validate per epoch; score val/test."""
+    """Train (or resume) the latent autoencoder on the config's train split; validate per epoch; score val/test.
+
+    Data-parallel on several processes when launched by torchrun
+    (`torchrun --standalone --nproc_per_node N -m align_da_ops.cli train autoencoder ...`); rank 0 writes.
+    """
     import torch
 
+    from align_da_ops import parallel_training
     from align_da_ops.config import load_config
     from align_da_ops.data.sources import layout_of
     from align_da_ops.devices import resolve_device
@@ -56,22 +62,26 @@ def train_autoencoder(
         epochs=epochs, batch_size=batch_size, lr=lr, latent_channels=latent_channels, downsampling=downsampling,
         width=width, blocks=blocks, seed=seed,
     )
-    device = resolve_device(cfg.device)
-    with progress_bar("epoch") as bar:
+    with parallel_training.launch(resolve_device(cfg.device)) as world:
+        if not world.is_main:
+            training.train_autoencoder(cfg, target, settings, world=world, workers=workers)
+            return
+        with progress_bar("epoch") as bar:
 
-        def on_step(epoch, i, n, loss):
-            bar(i, n, f"epoch {epoch + 1}/{epochs} loss {loss:.4f}")
+            def on_step(epoch, i, n, loss):
+                bar(i, n, f"epoch {epoch + 1}/{epochs} loss {loss:.4f}")
 
-        def on_epoch(r):
-            bar.print(f"epoch {r['epoch']:3d}  loss {r['loss']:.5f}  val MSE {r['val_mse']:.5f}  "
-                              f"MAE {r['val_mae']:.5f} (normalised)  {r['seconds']:.1f} s")
+            def on_epoch(r):
+                bar.print(f"epoch {r['epoch']:3d}  loss {r['loss']:.5f}  val MSE {r['val_mse']:.5f}  "
+                          f"MAE {r['val_mae']:.5f} (normalised)  {r['seconds']:.1f} s")
 
-        history = training.train_autoencoder(cfg, target, settings, device, on_step=on_step, on_epoch=on_epoch)
+            history = training.train_autoencoder(cfg, target, settings, on_step=on_step, on_epoch=on_epoch, world=world,
+                                                 workers=workers)
     ckpt = ckpt_io.read(target)
     out.print(f"wrote {target} (hash {ckpt['content_hash']}, {len(history)} epochs, {sum(r['seconds'] for r in history):.0f} s)")
     if export is not None:
         out.print(f"exported {export} (hash {ckpt_io.strip_training(target, export)})")
-    model = ckpt_io.load_autoencoder(target, device=device)
+    model = ckpt_io.load_autoencoder(target, device=world.device)
     scores = training.split_scores(cfg, model)
     _print_scores(scores, layout_of(cfg), model.latent_shape(cfg.state.grid.nlat, cfg.state.grid.nlon))
 
