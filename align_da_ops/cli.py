@@ -143,15 +143,22 @@ def nature_run(
     config: Path,
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Zarr store (default: nature_run.output)."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. nature_run.seed=3; repeatable."),
+    workers: int = typer.Option(0, min=0, help="dask workers, one member group (nature_run.members_per_call) at a time "
+                                "each (0: one per core, at most one per group; 1: in this process)."),
+    threads: int = typer.Option(0, min=0, help="torch CPU threads per worker (0: the cores shared out among the workers; "
+                                "in-process: torch's choice)."),
+    scheduler: Optional[str] = typer.Option(None, help="Address of a running dask scheduler instead of a LocalCluster."),
 ):
     """Generate (or resume) the OSSE nature run into a Zarr store, then check its climate."""
+    from align_da_ops.cluster import client_for
     from align_da_ops.data import nature_run as nr
     from align_da_ops.data.plausibility import check_report, climate_report
     from align_da_ops.progress import progress_bar
 
     cfg = load_config(config, overrides)
-    with progress_bar("nature run (6-h states)") as bar:
-        store = nr.generate(cfg, output, on_chunk=lambda done, total: bar(done, total))
+    groups = nr.member_groups(cfg.nature_run) if cfg.nature_run else [(0, 1)]
+    with client_for(len(groups), workers, threads, scheduler) as client, progress_bar("nature run (6-h states)") as bar:
+        store = nr.generate(cfg, output, on_chunk=lambda done, total: bar(done, total), client=client)
     report = climate_report(nr.open_nature_run(store))
     _print_mapping(f"nature run {store}", report)
     problems = check_report(report)

@@ -75,7 +75,11 @@ class HeldSuarezConfig(Frozen):
     dt_minutes: float = Field(gt=0, le=60, description="Model time step; must divide 6 h.")
     start: datetime = Field(description="Calendar label of the first output time (after spin-up).")
     days: float = Field(gt=0, le=36500, description="Simulated days to write.")
-    members: int = Field(default=1, ge=1, le=1024, description="Independent trajectories in one batch.")
+    members: int = Field(default=1, ge=1, le=1024, description="Independent trajectories (the `member` dimension).")
+    members_per_call: int | None = Field(
+        default=None, ge=1, description="Trajectories advanced together in one core call (a group; None: all). Groups "
+        "are independent tasks (`nature-run --workers`); batch size changes round-off, so it is part of the run.",
+    )
     member_perturbation_k: float = Field(
         default=0.5, ge=0, le=5, description="Std (K) of seeded temperature noise that separates members."
     )
