@@ -53,9 +53,9 @@ def test_reads_stay_within_the_cache(setup):
     data = StateWindows(cfg, cfg.splits.train, 2, norm, cache_blocks=2)
     for i in range(len(data)):
         data[i]
-        assert len(data._cache) <= 2 and all(t.shape[0] == 2 for t in data._cache.values())
+        assert len(data.cache) <= 2 and all(t.shape[0] == 2 for t in data.cache._blocks.values())
     clone = pickle.loads(pickle.dumps(data))  # what a spawned DataLoader worker gets: no store handle, empty cache
-    assert clone._states is None and not clone._cache
+    assert clone.cache._handle is None and len(clone.cache) == 0
     assert torch.equal(clone[1][1], data[1][1])
 
 
@@ -110,3 +110,54 @@ def test_splits_must_be_six_hourly_without_gaps():
         split_positions(ds, period)
     period.end = times[2]
     assert split_positions(ds, period) == slice(0, 3)
+
+
+def test_zarr_rows_read_chunk_by_chunk(tmp_path):
+    import zarr
+
+    from align_da_ops.data.streaming import ZarrRows
+
+    group = zarr.open_group(tmp_path / "rows.zarr", mode="w")
+    a = torch.arange(10 * 6, dtype=torch.float32).reshape(10, 2, 3)
+    for name, x in (("a", a), ("b", -a)):
+        group.create_array(name, shape=(0, 2, 3), chunks=(4, 2, 3), dtype="float32").append(x.numpy())
+    rows = ZarrRows(tmp_path / "rows.zarr", ("a", "b"), cache_blocks=1)
+    assert len(rows) == 10 and rows.block_ids.tolist() == [0] * 4 + [1] * 4 + [2] * 2
+    for i in (9, 0, 5):
+        j, ra, rb = rows[i]
+        assert j == i and torch.equal(ra, a[i]) and torch.equal(rb, -a[i]) and len(rows.cache) == 1
+    group.create_array("c", shape=(3,), chunks=(4,), dtype="float32")
+    with pytest.raises(SchemaError, match="differ in length or chunking"):
+        ZarrRows(tmp_path / "rows.zarr", ("a", "c"))
+
+
+def test_streamed_channel_std_and_per_sample_generators():
+    from align_da_ops.data.streaming import channel_std, sample_generator
+
+    x = torch.randn(13, 3, 4, 5, generator=torch.Generator().manual_seed(0)) * torch.tensor([1.0, 5.0, 0.1])[:, None, None] + 7
+    want = x.movedim(1, 0).reshape(3, -1).double().std(1, correction=0)
+    torch.testing.assert_close(channel_std(x.split(4)), want, rtol=1e-12, atol=0)
+    torch.testing.assert_close(channel_std([x]), want, rtol=1e-12, atol=0)
+    draw = lambda *key: torch.rand(3, generator=sample_generator(*key))
+    assert torch.equal(draw(0, 1, 2), draw(0, 1, 2))
+    assert not torch.equal(draw(0, 1, 2), draw(0, 2, 1)) and not torch.equal(draw(0, 1, 2), draw(1, 1, 2))
+
+
+def test_prior_pairs_written_block_by_block_are_the_pairs_of_the_whole_split(setup, tmp_path, monkeypatch):
+    from align_da_ops.diffusion import training as prior_training
+    from align_da_ops.forecast.base import Persistence
+
+    class Subsample:  # a stand-in autoencoder: a few channels of every 8th grid point
+        device = torch.device("cpu")
+
+        def encode(self, x):
+            return x[:, :3, ::8, ::8]
+
+    cfg, _, _ = setup
+    monkeypatch.setattr(prior_training, "PAIR_BLOCK", 2)  # three blocks of starts over the 6-state split
+    rows = prior_training.write_latent_pairs(cfg, cfg.splits.train, Subsample(), Persistence(), (6, 12), tmp_path / "p.zarr")
+    x = load_split(open_states(cfg), layout_of(cfg), cfg.splits.train)
+    whole = [Subsample().encode(p) for p in prior_training.forecast_pairs(x, Persistence(), (6, 12))]
+    assert len(rows) == len(whole[0]) == 5 + 4
+    key = lambda b, t: b.numpy().tobytes() + t.numpy().tobytes()
+    assert sorted(key(b, t) for _, b, t in (rows[i] for i in range(len(rows)))) == sorted(map(key, *whole))

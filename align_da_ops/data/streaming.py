@@ -35,9 +35,11 @@ from __future__ import annotations
 import collections
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
+import zarr
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from align_da_ops import grid
@@ -71,6 +73,33 @@ def block_bounds(states, names: Sequence[str]) -> np.ndarray:
     return np.asarray(sorted(bounds))
 
 
+class BlockCache:
+    """The last `size` blocks read in this process (LRU), and a per-process handle opened on first use."""
+
+    def __init__(self, size: int, open_handle):
+        self.size, self._open = size, open_handle
+        self._blocks: collections.OrderedDict[int, torch.Tensor] = collections.OrderedDict()
+        self._handle, self._pid = None, None
+
+    def get(self, block: int, read) -> torch.Tensor:
+        """Block `block`, from the cache or as `read(handle, block)`."""
+        if self._pid != os.getpid():  # first use in this process (a DataLoader worker opens its own handle)
+            self._handle, self._pid = self._open(), os.getpid()
+            self._blocks.clear()
+        if block not in self._blocks:
+            self._blocks[block] = read(self._handle, block)
+            while len(self._blocks) > self.size:
+                self._blocks.popitem(last=False)
+        self._blocks.move_to_end(block)
+        return self._blocks[block]
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_handle": None, "_pid": None, "_blocks": collections.OrderedDict()}
+
+
 class StateWindows(Dataset):
     """Windows of `steps` + 1 consecutive states of one split; item i -> (i, states i..i+steps). See the module doc."""
 
@@ -85,9 +114,7 @@ class StateWindows(Dataset):
         first = self.start + np.arange(len(self))
         self.block_ids = np.searchsorted(self.bounds, first, side="right") - 1  # block of each window's first state
         span = np.searchsorted(self.bounds, first + steps, side="right") - self.block_ids
-        self.cache_blocks = cache_blocks or GROUP_BLOCKS * int(span.max(initial=1))
-        self._states, self._pid = None, None
-        self._cache: collections.OrderedDict[int, torch.Tensor] = collections.OrderedDict()
+        self.cache = BlockCache(cache_blocks or GROUP_BLOCKS * int(span.max(initial=1)), self._open)
 
     def __len__(self) -> int:
         return max(0, self.n_states - self.steps)
@@ -109,23 +136,46 @@ class StateWindows(Dataset):
         return parts[0].clone() if len(parts) == 1 else torch.cat(parts)
 
     def _block(self, block: int) -> torch.Tensor:
-        if self._pid != os.getpid():  # first use in this process (a DataLoader worker opens its own store)
-            self._states, self._pid = open_states(self.cfg), os.getpid()
-            self._cache.clear()
-        if block in self._cache:
-            self._cache.move_to_end(block)
-            return self._cache[block]
-        sel = self._states.isel({grid.TIME: slice(int(self.bounds[block]), int(self.bounds[block + 1]))})
-        x = self.layout.to_tensor(sel.load(scheduler="synchronous"))[0]
-        if self.normalization is not None:
-            x = self.normalization.normalize(x)
-        self._cache[block] = x
-        while len(self._cache) > self.cache_blocks:
-            self._cache.popitem(last=False)
-        return x
+        return self.cache.get(block, self._read)
 
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_states": None, "_pid": None, "_cache": collections.OrderedDict()}
+    def _open(self):
+        return open_states(self.cfg)
+
+    def _read(self, states, block: int) -> torch.Tensor:
+        sel = states.isel({grid.TIME: slice(int(self.bounds[block]), int(self.bounds[block + 1]))})
+        x = self.layout.to_tensor(sel.load(scheduler="synchronous"))[0]
+        return x if self.normalization is None else self.normalization.normalize(x)
+
+
+class ZarrRows(Dataset):
+    """Rows of equally long arrays `names` of the Zarr group at `path`: item i -> (i, *(array[i] for each name)),
+    float32 tensors, read chunk by chunk along the first axis through a `BlockCache` (opened lazily per process)."""
+
+    def __init__(self, path: Path, names: Sequence[str], cache_blocks: int = GROUP_BLOCKS):
+        self.path, self.names = Path(path), tuple(names)
+        arrays = [zarr.open_group(self.path, mode="r")[name] for name in self.names]
+        shapes = {(a.shape[0], a.chunks[0]) for a in arrays}
+        if len(shapes) != 1:
+            raise SchemaError(f"arrays {self.names} of {self.path} differ in length or chunking: {sorted(shapes)}")
+        (self.n, self.chunk), = shapes
+        self.block_ids = np.arange(self.n) // self.chunk
+        self.cache = BlockCache(cache_blocks, self._open)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple:
+        if not 0 <= i < self.n:
+            raise IndexError(f"row {i} of {self.n}")
+        rows = self.cache.get(i // self.chunk, self._read)
+        return (i, *(r[i % self.chunk].clone() for r in rows))
+
+    def _open(self):
+        return zarr.open_group(self.path, mode="r")
+
+    def _read(self, group, block: int) -> tuple[torch.Tensor, ...]:
+        rows = slice(block * self.chunk, (block + 1) * self.chunk)
+        return tuple(torch.as_tensor(np.asarray(group[name][rows], dtype=np.float32)) for name in self.names)
 
 
 class ChunkShuffleSampler(Sampler[int]):
@@ -158,6 +208,28 @@ class ChunkShuffleSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         order = self.epoch_order(self.epoch)[: len(self) * self.world_size]
         return iter(order[self.rank :: self.world_size].tolist())
+
+
+def sample_generator(*key: int) -> torch.Generator:
+    """A generator seeded from non-negative ints, e.g. (seed, epoch, sample index): per-sample randomness that
+    does not depend on batching, order or ranks."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(list(key)).generate_state(1, np.uint64)[0]))
+
+
+def channel_std(batches: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Per-channel (axis 1) population std over every other axis of batches (B, C, ...), float64, streamed
+    (Chan's pairwise update of the mean and the sum of squared deviations)."""
+    n, mean, m2 = 0, 0.0, 0.0
+    for x in batches:
+        d = x.movedim(1, 0).reshape(x.shape[1], -1).double()
+        k, batch_mean = d.shape[1], d.mean(1)
+        delta = batch_mean - mean
+        m2 = m2 + (d - batch_mean[:, None]).pow(2).sum(1) + delta.pow(2) * n * k / (n + k)
+        mean = mean + delta * k / (n + k)
+        n += k
+    if not n:
+        raise ValueError("no values to take the std of")
+    return (m2 / n).sqrt()
 
 
 def batches_of(x, batch: int) -> Iterable[torch.Tensor]:

@@ -37,19 +37,24 @@ def train_prior(
     autoencoder: Optional[Path] = typer.Option(None, help="Autoencoder checkpoint (default: the packaged one)."),
     forecast: Optional[Path] = typer.Option(None, help="Neural forecast checkpoint making the backgrounds (default: packaged)."),
     leads: str = typer.Option("6,12,24,36,48,72", help="Background leads in hours (comma-separated multiples of 6)."),
-    batch_size: int = typer.Option(32),
+    batch_size: int = typer.Option(32, help="Pairs per optimiser step (all torchrun processes together)."),
     lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW, cosine decay)."),
     width: int = typer.Option(64, help="Hidden channels at latent resolution (multiple of 8)."),
     blocks: int = typer.Option(2),
     levels: int = typer.Option(1, help="2x poolings of the latent grid."),
     seed: int = typer.Option(0),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch's choice)."),
+    workers: int = typer.Option(0, help="DataLoader worker processes reading the pairs (per torchrun process)."),
     export: Optional[Path] = typer.Option(None, help="Also write an inference-only copy here."),
 ):
-    """Train (or resume) the background-conditioned latent prior by denoising score matching."""
+    """Train (or resume) the background-conditioned latent prior by denoising score matching.
+
+    Data-parallel on several processes when launched by torchrun
+    (`torchrun --standalone --nproc_per_node N -m align_da_ops.cli train prior ...`); rank 0 writes.
+    """
     import torch
 
-    from align_da_ops import checkpoint_io
+    from align_da_ops import checkpoint_io, parallel_training
     from align_da_ops.config import load_config
     from align_da_ops.data.sources import layout_of
     from align_da_ops.devices import resolve_device
@@ -63,23 +68,27 @@ def train_prior(
     if threads:
         torch.set_num_threads(threads)
     cfg = load_config(config)
-    layout, device = layout_of(cfg), resolve_device(cfg.device)
+    layout = layout_of(cfg)
     nlat, nlon = cfg.state.grid.nlat, cfg.state.grid.nlon
-    ae = load_autoencoder(autoencoder or shipped_checkpoint(cfg.name), layout.channels, nlat, nlon, device)
-    model = load_model(forecast or shipped_forecast(cfg.name), layout.channels, nlat, nlon, device)
     settings = PriorSettings(epochs=epochs, batch_size=batch_size, lr=lr, width=width, blocks=blocks, levels=levels,
                              leads=_parse_ints(leads, "--leads"), seed=seed)
     target = output or default_prior(cfg.name)
-    with progress_bar("epoch") as bar:
+    with parallel_training.launch(resolve_device(cfg.device)) as world:
+        ae = load_autoencoder(autoencoder or shipped_checkpoint(cfg.name), layout.channels, nlat, nlon, world.device)
+        model = load_model(forecast or shipped_forecast(cfg.name), layout.channels, nlat, nlon, world.device)
+        if not world.is_main:
+            run(cfg, target, ae, model, settings, world=world, workers=workers)
+            return
+        with progress_bar("epoch") as bar:
 
-        def on_step(epoch, i, n, loss):
-            bar(i, n, f"epoch {epoch + 1}/{epochs} loss {loss:.4f}")
+            def on_step(epoch, i, n, loss):
+                bar(i, n, f"epoch {epoch + 1}/{epochs} loss {loss:.4f}")
 
-        def on_epoch(r):
-            if r["epoch"] % 10 == 0 or r["epoch"] == epochs:
-                bar.print(f"epoch {r['epoch']:4d}  loss {r['loss']:.4f}  validation {r['val_loss']:.4f}  {r['seconds']:.1f} s")
+            def on_epoch(r):
+                if r["epoch"] % 10 == 0 or r["epoch"] == epochs:
+                    bar.print(f"epoch {r['epoch']:4d}  loss {r['loss']:.4f}  validation {r['val_loss']:.4f}  {r['seconds']:.1f} s")
 
-        history = run(cfg, target, ae, model, settings, device, on_step=on_step, on_epoch=on_epoch)
+            history = run(cfg, target, ae, model, settings, on_step=on_step, on_epoch=on_epoch, world=world, workers=workers)
     ckpt = prior_io.read(target)
     out.print(f"wrote {target} (hash {ckpt['content_hash']}, autoencoder {ckpt['autoencoder']}, {len(history)} epochs, "
               f"{sum(r['seconds'] for r in history):.0f} s; validation DSM loss {history[-1]['val_loss']:.4f})")

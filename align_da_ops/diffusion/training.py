@@ -19,28 +19,50 @@ autoencoder is convolutional with circular padding), which cut the gap between
 training and validation loss on the 124 training states. Validation: the same loss on the validation split's pairs with fixed
 noise and times (comparable across epochs). Resumable: rerunning continues from
 the last epoch's checkpoint; deterministic on CPU for a given seed.
+
+Streaming: the pairs of each split are made `PAIR_BLOCK` starts at a time from
+the streamed split (`data.streaming.StateWindows`) and written, encoded, to a
+temporary Zarr store beside `output` (deleted after training); training reads
+them back chunk by chunk (`ZarrRows`, `ChunkShuffleSampler`), so memory does
+not grow with the split. The noise, time and roll of a pair are drawn from a
+generator seeded by (seed, epoch, pair index), so they do not depend on the
+batching. Under torchrun (`parallel_training`) every rank makes the pairs
+itself, trains on its share of each global batch, keeps the same EMA, and
+only rank 0 validates and writes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+import zarr
 
-from align_da_ops import checkpoint_io, grid
+from align_da_ops import checkpoint_io, grid, parallel_training
 from align_da_ops.config import ExperimentConfig, config_hash
-from align_da_ops.data.sources import layout_of, open_states
+from align_da_ops.data.sources import open_states
+from align_da_ops.data.streaming import (
+    ChunkShuffleSampler,
+    StateWindows,
+    ZarrRows,
+    channel_std,
+    sample_generator,
+    window_loader,
+)
 from align_da_ops.diffusion import checkpoint as prior_io
 from align_da_ops.diffusion.network import LatentUNet, PriorArchitecture, latent_latitudes
 from align_da_ops.diffusion.schedule import CosineSchedule
 from align_da_ops.errors import CheckpointError, SchemaError
-from align_da_ops.forecast.training import load_split
+
+PAIR_BLOCK = 16  # forecast starts rolled out together while the pairs are written
+PAIR_CHUNK = 64  # pairs per Zarr chunk of the temporary pair stores
+PAIRS = ("background", "truth")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,19 +83,21 @@ class PriorSettings:
 
 
 @torch.no_grad()
-def forecast_pairs(x: torch.Tensor, model, leads) -> tuple[torch.Tensor, torch.Tensor]:
-    """(backgrounds, truths) from a 6-hourly series x (T, C, lat, lon) in physical units and a ForecastModel."""
+def forecast_pairs(x: torch.Tensor, model, leads, starts: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(backgrounds, truths) from a 6-hourly series x (T, C, lat, lon) in physical units and a ForecastModel:
+    forecasts from x[:starts] (every state by default) at each lead whose valid time lies in x, lead by lead."""
     if any(h <= 0 or h % 6 for h in leads):
         raise ValueError(f"leads must be positive multiples of 6 h; got {leads}")
     backgrounds, truths = [], []
-    state = x
+    state = x[:starts]
     for s in range(1, max(leads) // 6 + 1):
-        state = model.step(state[:-1])  # forecasts valid at x[s:]
+        state = state[: len(x) - s]  # forecasts valid at x[s : s + len(state)]
+        if not len(state):
+            break
+        state = model.step(state)
         if 6 * s in leads:
             backgrounds.append(state)
-            truths.append(x[s:])
-        if state.shape[0] <= 1:
-            break
+            truths.append(x[s : s + len(state)])
     if not backgrounds:
         raise SchemaError(f"a series of {x.shape[0]} states is too short for leads {tuple(leads)}")
     return torch.cat(backgrounds), torch.cat(truths)
@@ -84,10 +108,34 @@ def encode_all(autoencoder, x: torch.Tensor, batch: int = 64) -> torch.Tensor:
     return torch.cat([autoencoder.encode(x[i : i + batch].to(autoencoder.device)).cpu() for i in range(0, len(x), batch)])
 
 
-def latent_pairs(autoencoder, model, x: torch.Tensor, leads) -> tuple[torch.Tensor, torch.Tensor]:
-    """(z_background, z_truth) for a physical series x."""
-    backgrounds, truths = forecast_pairs(x, model, leads)
-    return encode_all(autoencoder, backgrounds), encode_all(autoencoder, truths)
+def write_latent_pairs(cfg: ExperimentConfig, period, autoencoder, model, leads, path: Path) -> ZarrRows:
+    """Every (background, truth) pair of the split `period` (`forecast_pairs` of the whole split), encoded, into
+    the Zarr group at `path` (arrays `PAIRS`, (pair, Cz, lat/f, lon/f) float32), `PAIR_BLOCK` starts at a time."""
+    states = StateWindows(cfg, period, 0)  # physical units
+    steps, group, arrays = max(leads) // 6, zarr.open_group(path, mode="w"), None
+    for a in range(0, states.n_states - min(leads) // 6, PAIR_BLOCK):
+        x = states.states(a, min(a + PAIR_BLOCK + steps, states.n_states))
+        encoded = [encode_all(autoencoder, part) for part in forecast_pairs(x, model, leads, PAIR_BLOCK)]
+        if arrays is None:
+            shape = encoded[0].shape[1:]
+            arrays = [group.create_array(name, shape=(0, *shape), chunks=(PAIR_CHUNK, *shape), dtype="float32")
+                      for name in PAIRS]
+        for array, z in zip(arrays, encoded):
+            array.append(z.numpy())
+    if arrays is None:
+        raise SchemaError(f"a series of {states.n_states} states is too short for leads {tuple(leads)}")
+    return ZarrRows(path, PAIRS)
+
+
+class DenoisingLoss(torch.nn.Module):
+    """`net.loss` as a module's forward, so that DDP (which averages gradients through forward) can wrap it."""
+
+    def __init__(self, net: LatentUNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.net.loss(z, t, eps, cond)
 
 
 def dsm_loss(net, schedule: CosineSchedule, z: torch.Tensor, cond: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -96,17 +144,26 @@ def dsm_loss(net, schedule: CosineSchedule, z: torch.Tensor, cond: torch.Tensor,
 
 
 @torch.no_grad()
-def validation_loss(net, schedule, z, cond, seed: int = 12345, batch: int = 64) -> float:
-    g = torch.Generator().manual_seed(seed)
-    t = (torch.arange(len(z), dtype=torch.float32) + 0.5) / len(z)
-    t = t[torch.randperm(len(z), generator=g)]
-    eps = torch.randn(z.shape, generator=g)
+def validation_loss(net, schedule, pairs: ZarrRows, scale: torch.Tensor, seed: int = 12345, batch: int = 64) -> float:
+    """Mean DSM loss over the pairs' standardised errors with fixed times (stratified, permuted) and noise."""
+    n = len(pairs)
+    t_all = ((torch.arange(n, dtype=torch.float32) + 0.5) / n)[torch.randperm(n, generator=torch.Generator().manual_seed(seed))]
     device = next(net.parameters()).device
     total = 0.0
-    for i in range(0, len(z), batch):
-        sl = slice(i, i + batch)
-        total += float(dsm_loss(net, schedule, z[sl].to(device), cond[sl].to(device), t[sl].to(device), eps[sl].to(device)).sum())
-    return total / len(z)
+    for idx, z_b, z in window_loader(pairs, batch):
+        eps = torch.stack([torch.randn(z.shape[1:], generator=sample_generator(seed, int(i))) for i in idx])
+        d = (z - z_b) / scale
+        total += float(dsm_loss(net, schedule, d.to(device), z_b.to(device), t_all[idx].to(device), eps.to(device)).sum())
+    return total / n
+
+
+def _pair_noise(seed: int, epoch: int, idx: torch.Tensor, shape, columns: int):
+    """Per-pair diffusion time, noise and longitude roll, from a generator seeded by (seed, epoch, pair index)."""
+    gens = [sample_generator(seed, epoch, int(i)) for i in idx]
+    t = torch.stack([torch.rand((), generator=g) for g in gens])
+    eps = torch.stack([torch.randn(shape, generator=g) for g in gens])
+    shifts = [int(torch.randint(columns, (), generator=g)) for g in gens]
+    return t, eps, shifts
 
 
 def prior_meta(cfg: ExperimentConfig, autoencoder, forecast_hash: str, lat_latent, latent_shape, settings, lineage) -> dict:
@@ -132,18 +189,60 @@ def train_prior(
     device: torch.device = torch.device("cpu"),
     on_step: Callable[[int, int, int, float], None] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    world: parallel_training.World | None = None,
+    workers: int = 0,
 ) -> list[dict]:
-    """Train (or resume) the prior into `output`; returns the per-epoch history."""
-    layout, states = layout_of(cfg), open_states(cfg)
-    lat = states[grid.LAT].values
-    x_train = load_split(states, layout, cfg.splits.train)
-    x_val = load_split(states, layout, cfg.splits.validation)
-    z_b, z = latent_pairs(autoencoder, forecast_model, x_train, settings.leads)
-    vz_b, vz = latent_pairs(autoencoder, forecast_model, x_val, settings.leads)
-    scale = (z - z_b).movedim(1, 0).reshape(z.shape[1], -1).std(1).clamp_min(1e-3)[:, None, None]
-    z, vz = (z - z_b) / scale, (vz - vz_b) / scale  # the prior models the standardised background error
-    factor = cfg.state.grid.nlat // z.shape[-2]
-    arch = PriorArchitecture(z.shape[1], settings.width, settings.blocks, settings.levels)
+    """Train (or resume) the prior into `output`; returns the per-epoch history.
+
+    `world`: this process's rank under torchrun (`parallel_training.launch`; default one process on `device`);
+    `settings.batch_size` is the global batch. `workers`: DataLoader worker processes per rank.
+    """
+    world = world or parallel_training.single(device)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.pairs-", dir=output.parent) as tmp:
+        train, val = (write_latent_pairs(cfg, getattr(cfg.splits, split), autoencoder, forecast_model, settings.leads,
+                                         Path(tmp) / f"{split}.zarr") for split in ("train", "validation"))
+        return _fit(cfg, output, autoencoder, forecast_model, train, val, settings, world, on_step, on_epoch, workers)
+
+
+def _epoch(loss_of, net, ema, opt, loader, scale, settings: PriorSettings, epoch: int, total: int, device,
+           on_step) -> list[float]:
+    """One pass over this rank's share of the pairs in the sampler's seeded order (`loss_of`: net's DenoisingLoss,
+    maybe DDP-wrapped); returns the batch losses."""
+    loader.sampler.set_epoch(epoch)
+    net.train()
+    losses = []
+    for i, (idx, z_b, z) in enumerate(loader):
+        for group in opt.param_groups:
+            group["lr"] = checkpoint_io.warmup_cosine(settings.lr, settings.warmup_steps, epoch * len(loader) + i, total)
+        t, eps, shifts = _pair_noise(settings.seed, epoch, idx, z.shape[1:], z.shape[-1])
+        d = (z - z_b) / scale  # the prior models the standardised background error
+        if settings.augment:
+            d = torch.stack([x.roll(k, -1) for x, k in zip(d, shifts)])
+            z_b = torch.stack([x.roll(k, -1) for x, k in zip(z_b, shifts)])
+        loss = loss_of(d.to(device), t.to(device), eps.to(device), z_b.to(device)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            for pe, pn in zip(ema.parameters(), net.parameters()):
+                pe.lerp_(pn, 1 - settings.ema_decay)
+        losses.append(loss.item())
+        if on_step:
+            on_step(epoch, i + 1, len(loader), losses[-1])
+    return losses
+
+
+def _fit(cfg, output: Path, autoencoder, forecast_model, train: ZarrRows, val: ZarrRows, settings: PriorSettings,
+         world: parallel_training.World, on_step, on_epoch, workers: int) -> list[dict]:
+    device = world.device
+    lat = open_states(cfg)[grid.LAT].values
+    scale = channel_std(z - z_b for _, z_b, z in window_loader(train, 64)).float().clamp_min(1e-3)[:, None, None]
+    shape = train[0][1].shape
+    factor = cfg.state.grid.nlat // shape[-2]
+    arch = PriorArchitecture(shape[0], settings.width, settings.blocks, settings.levels)
     schedule = CosineSchedule(settings.eta)
     torch.manual_seed(settings.seed)
     net = LatentUNet(arch, latent_latitudes(lat, factor), settings.eta).to(device)
@@ -151,10 +250,10 @@ def train_prior(
     ema.load_state_dict(net.state_dict())
     opt = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     meta = prior_meta(cfg, autoencoder, getattr(forecast_model, "content_hash", ""), latent_latitudes(lat, factor),
-                      z.shape[1:], settings, {"kind": "dsm", "reference": "", "preference_data": "", "settings": {}})
+                      shape, settings, {"kind": "dsm", "reference": "", "preference_data": "", "settings": {}})
     meta["residual_scale"] = [float(v) for v in scale.flatten()]
     start, history = 0, []
-    if Path(output).exists():
+    if output.exists():
         old = prior_io.read(output)
         if old["config_hash"] != meta["config_hash"] or old["autoencoder"] != meta["autoencoder"] or old["architecture"] != arch.to_dict():
             raise CheckpointError(f"{output} was trained with another config, autoencoder or architecture; give another --output")
@@ -163,40 +262,18 @@ def train_prior(
         ema.load_state_dict(old["state_dict"])
         opt.load_state_dict(old["training"]["optimizer"])
         start, history = int(old["training"]["epoch"]), list(old["training"]["history"])
-    n = len(z)
-    per_epoch = math.ceil(n / settings.batch_size)
-    total = settings.epochs * per_epoch
+    sampler = ChunkShuffleSampler(train.block_ids, settings.seed, world.rank, world.world_size)
+    loader = window_loader(train, parallel_training.per_rank_batch(settings.batch_size, world), sampler, workers)
+    loss_of = parallel_training.wrap(DenoisingLoss(net), world)
+    total = settings.epochs * len(loader)
     for epoch in range(start, settings.epochs):
         t0 = time.perf_counter()
-        g = torch.Generator().manual_seed(settings.seed * 100003 + epoch)
-        order = torch.randperm(n, generator=g)
-        net.train()
-        losses = []
-        for i in range(per_epoch):
-            for group in opt.param_groups:
-                group["lr"] = checkpoint_io.warmup_cosine(settings.lr, settings.warmup_steps, epoch * per_epoch + i, total)
-            idx = order[i * settings.batch_size : (i + 1) * settings.batch_size]
-            t = torch.rand(len(idx), generator=g)
-            eps = torch.randn((len(idx), *z.shape[1:]), generator=g)
-            zi, ci = z[idx], z_b[idx]
-            if settings.augment:
-                shifts = torch.randint(z.shape[-1], (len(idx),), generator=g).tolist()
-                zi = torch.stack([x.roll(k, -1) for x, k in zip(zi, shifts)])
-                ci = torch.stack([x.roll(k, -1) for x, k in zip(ci, shifts)])
-            loss = dsm_loss(net, schedule, zi.to(device), ci.to(device), t.to(device), eps.to(device)).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            with torch.no_grad():
-                for pe, pn in zip(ema.parameters(), net.parameters()):
-                    pe.lerp_(pn, 1 - settings.ema_decay)
-            losses.append(loss.item())
-            if on_step:
-                on_step(epoch, i + 1, per_epoch, losses[-1])
-        record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_loss": validation_loss(ema, schedule, vz, vz_b),
-                  "seconds": time.perf_counter() - t0}
+        losses = _epoch(loss_of, net, ema, opt, loader, scale, settings, epoch, total, device, on_step)
+        record = {"epoch": epoch + 1, "loss": parallel_training.mean_over_ranks(float(np.mean(losses)), world)}
         history.append(record)
+        if not world.is_main:
+            continue
+        record.update(val_loss=validation_loss(ema, schedule, val, scale), seconds=time.perf_counter() - t0)
         training = {"epoch": epoch + 1, "weights": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
                     "optimizer": opt.state_dict(), "history": history,
                     "settings": {**dataclasses.asdict(settings), "leads": list(settings.leads)}}

@@ -31,7 +31,7 @@ import torch
 from align_da_ops import checkpoint_io, grid, parallel_training
 from align_da_ops.config import ExperimentConfig, config_hash
 from align_da_ops.data.sources import layout_of, normalization_path, open_states, read_normalization
-from align_da_ops.data.streaming import ChunkShuffleSampler, StateWindows, split_positions, window_loader
+from align_da_ops.data.streaming import ChunkShuffleSampler, StateWindows, channel_std, split_positions, window_loader
 from align_da_ops.errors import SchemaError
 from align_da_ops.forecast import checkpoint as ckpt_io
 from align_da_ops.forecast.network import Architecture, SphereUNet
@@ -64,17 +64,8 @@ def load_split(states, layout: grid.StateLayout, period) -> torch.Tensor:
 
 def increment_std(windows, floor: float = 1e-3) -> np.ndarray:
     """Per-channel std of the 6-h increments w[:, 1] - w[:, 0] of normalised windows (B, >=2, channel, lat, lon)
-    given batch by batch (Chan's pairwise update of mean and squared deviations, float64)."""
-    n, mean, m2 = 0, 0.0, 0.0
-    for w in windows:
-        d = (w[:, 1] - w[:, 0]).movedim(1, 0).reshape(w.shape[2], -1).double()
-        k, batch_mean = d.shape[1], d.mean(1)
-        batch_m2 = (d - batch_mean[:, None]).pow(2).sum(1)
-        delta = batch_mean - mean
-        mean = mean + delta * k / (n + k)
-        m2 = m2 + batch_m2 + delta.pow(2) * n * k / (n + k)
-        n += k
-    return np.maximum((m2 / n).sqrt().numpy(), floor)
+    given batch by batch."""
+    return np.maximum(channel_std(w[:, 1] - w[:, 0] for w in windows).numpy(), floor)
 
 
 def rollout_loss(net: SphereUNet, window: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
