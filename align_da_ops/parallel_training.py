@@ -107,9 +107,3 @@ def mean_over_ranks(value: float, world: World) -> float:
     t = torch.tensor(value, dtype=torch.float64, device=world.device)
     dist.all_reduce(t)
     return float(t) / world.world_size
-
-
-def barrier(world: World) -> None:
-    """Wait for every rank (no-op in one process)."""
-    if world.distributed:
-        dist.barrier()

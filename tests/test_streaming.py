@@ -161,3 +161,19 @@ def test_prior_pairs_written_block_by_block_are_the_pairs_of_the_whole_split(set
     assert len(rows) == len(whole[0]) == 5 + 4
     key = lambda b, t: b.numpy().tobytes() + t.numpy().tobytes()
     assert sorted(key(b, t) for _, b, t in (rows[i] for i in range(len(rows)))) == sorted(map(key, *whole))
+
+
+def test_memory_benchmark_stores_and_rows(setup, tmp_path):
+    from align_da_ops.data import streaming_bench
+
+    cfg, norm, full = setup
+    scaled = streaming_bench.synthetic_store(cfg, 3, tmp_path / "x3.zarr")
+    x = norm.normalize(load_split(open_states(scaled), layout_of(scaled), scaled.splits.train))
+    assert x.shape[0] == 18 and torch.equal(x[:6], full)
+    shift = 0.01 / torch.as_tensor(norm.std, dtype=torch.float32)[:, None, None]  # repetition 2 is +0.02
+    torch.testing.assert_close(x[12:] - full, (2 * shift).expand_as(full), atol=1e-3, rtol=0)
+    rows = [streaming_bench._epoch(scaled, p, batch_size=4, steps=2, workers=0) for p in streaming_bench.PIPELINES]
+    assert [(r["states"], r["windows"]) for r in rows] == [(18, 16), (18, 16)]
+    result = streaming_bench.run(cfg, factors=(2,), pipelines=("streamed",), batch_size=4, rollout_steps=2, root=tmp_path)
+    (row,) = result["rows"]
+    assert row["factor"] == 2 and row["windows"] == 10 and row["peak_rss_mib"] >= row["baseline_rss_mib"] > 0

@@ -52,7 +52,7 @@ import torch
 from align_da_ops import checkpoint_io, grid, parallel_training
 from align_da_ops.config import ExperimentConfig, config_hash
 from align_da_ops.data.sources import layout_of, normalization_path, open_states, read_normalization
-from align_da_ops.data.streaming import ChunkShuffleSampler, StateWindows, batches_of, window_loader
+from align_da_ops.data.streaming import ChunkShuffleSampler, StateWindows, batches_of, sample_generator, window_loader
 from align_da_ops.errors import ConfigError
 from align_da_ops.latent import checkpoint as ckpt_io
 from align_da_ops.latent.autoencoder import AutoencoderArchitecture, SphereAutoencoder
@@ -145,8 +145,7 @@ def _epoch(net, opt, loader, weights, nlon: int, settings: AutoencoderSettings, 
     device = weights.device
     per_epoch = len(loader)
     loader.sampler.set_epoch(epoch)
-    gen = torch.Generator().manual_seed(settings.seed * 100003 + epoch)
-    shifts = torch.randint(0, nlon, (len(loader.dataset),), generator=gen)
+    shifts = torch.randint(0, nlon, (len(loader.dataset),), generator=sample_generator(settings.seed, epoch))
     net.train()
     losses = []
     for i, (idx, window) in enumerate(loader):
