@@ -6,7 +6,8 @@ parallelism is across independent units of work, each a task on a `distributed.C
 - `open_client(workers, threads, scheduler)` yields a Client: on a `LocalCluster` of `workers`
   processes × 1 dask thread each by default, or on the running scheduler at `scheduler` (an
   address such as tcp://10.0.0.5:8786, e.g. a dask-jobqueue cluster, deploy/dask-jobqueue.py).
-  Every worker's torch is limited to `threads` intra-op threads (a worker plugin), so
+  Every worker's torch is limited to `threads` intra-op threads (a worker plugin, which also sends
+  the workers' logs to stderr as configured here), so
   workers × threads never oversubscribes the cores (`local_shape` picks them for a machine).
 - `run_tasks(client, fn, items, ...)` maps `fn` over `items` and returns the results in the
   order of `items` (independent of which worker finished first), so a reduction done after it is
@@ -50,18 +51,25 @@ def local_shape(tasks: int, workers: int = 0, threads: int = 0, cores: int | Non
     return workers, threads
 
 
-class TorchThreads(WorkerPlugin):
-    """Worker plugin: limit torch to `threads` intra-op threads in every worker (also ones started later)."""
+class WorkerSetup(WorkerPlugin):
+    """Worker plugin, run in every worker (also ones started later): torch limited to `threads` intra-op
+    threads, logs as in this process (to stderr, same format and level)."""
 
-    name = "align-da-torch-threads"
+    name = "align-da-worker-setup"
 
     def __init__(self, threads: int):
+        from align_da_ops import logs
+
         self.threads = threads
+        self.log_format, self.log_level = logs.current()
 
     def setup(self, worker) -> None:
         import torch
 
+        from align_da_ops import logs
+
         torch.set_num_threads(self.threads)
+        logs.configure(self.log_format, self.log_level)
 
 
 @contextlib.contextmanager
@@ -80,7 +88,7 @@ def open_client(workers: int = 1, threads: int = 1, scheduler: str | None = None
                                dashboard_address=None, host="127.0.0.1", env=env)
         client = Client(cluster)
     try:
-        client.register_plugin(TorchThreads(threads), name=TorchThreads.name)
+        client.register_plugin(WorkerSetup(threads), name=WorkerSetup.name)
         log.info("dask_client", scheduler=client.scheduler.address, workers=len(client.scheduler_info()["workers"]),
                  torch_threads=threads)
         yield client

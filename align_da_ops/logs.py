@@ -35,9 +35,19 @@ class _DropSkippedRuns(logging.Filter):
         return "maximum number of running instances reached" not in record.getMessage()
 
 
+_current: tuple[str, str] = ("console", "INFO")
+
+
+def current() -> tuple[str, str]:
+    """(format, level) of the last `configure` (what dask workers are configured with)."""
+    return _current
+
+
 def configure(fmt: LogFormat = "console", level: str = "INFO") -> None:
     """Console rendering for people, one JSON object per line for services; the standard-library loggers of
     `FOREIGN_LOGGERS` go through the same renderer (as event, level, logger, timestamp)."""
+    global _current
+    _current = (fmt, level)
     renderer = (
         structlog.processors.JSONRenderer()
         if fmt == "json"

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from align_da_ops import logs
 from align_da_ops.archive import Archive
 from align_da_ops.cluster import client_for, local_shape, open_client, run_tasks
 from align_da_ops.suite import distinct_runs, execute, load_suite, scoring_runs
@@ -88,6 +89,7 @@ def test_suite_on_two_workers_equals_the_serial_run_bit_for_bit(config, tmp_path
     with open_client(workers=2, threads=1) as client:
         assert len(client.scheduler_info()["workers"]) == 2
         assert set(client.run(torch.get_num_threads).values()) == {1}
+        assert set(client.run(lambda: "/".join(logs.current())).values()) == {"/".join(logs.current())}
         execute(parallel, lambda run, i, n: finished.append(run.campaign.name), client=client)
         truth = _truth_norm_climatology(experiment)
         table_d = collect(parallel, *truth, client=client)
