@@ -86,27 +86,39 @@ def three_days(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     raw = tiny_config_dict(root / "nature.zarr", days=3)
     at = lambda hours: (datetime(2000, 1, 1) + timedelta(hours=hours)).isoformat()
-    raw["splits"] = {"train": {"start": at(0), "end": at(42)}, "validation": {"start": at(48), "end": at(60)},
-                     "test": {"start": at(66), "end": at(66)}}
+    raw["splits"] = {"train": {"start": at(0), "end": at(42)}, "validation": {"start": at(48), "end": at(54)},
+                     "test": {"start": at(60), "end": at(66)}}
     generate(ExperimentConfig.model_validate(raw))
     path = root / "ddp.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
 
 
-def _torchrun(config, output, epochs: int, cwd) -> str:
-    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            "-m", "align_da_ops.cli", "train", "forecast", str(config), "--epochs", str(epochs),
-            "--rollout-steps", "2", "--rollout-from-epoch", "1", "--batch-size", "2", "--width", "8", "--blocks", "1",
-            "-o", str(output)]
-    res = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+FORECAST_ARGS = ["--rollout-steps", "2", "--rollout-from-epoch", "1", "--batch-size", "2", "--width", "8", "--blocks", "1"]
+
+
+def _torchrun(kind: str, config, output, epochs: int, args, cwd) -> str:
+    """`align-da train KIND` on 2 CPU processes, as the parallel_training docstring launches it."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "align_da_ops.cli", "train", kind, str(config), "--epochs", str(epochs), *args, "-o", str(output)]
+    res = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stdout + res.stderr
     return res.stdout
 
 
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
-def test_torchrun_two_processes_match_one_process_and_resume(three_days, tmp_path):
-    """6 windows, global batch 2 (1 per rank), 3 AdamW steps per epoch; epoch 2 on uses the 2-step rollout loss.
+def test_torchrun_two_processes_match_one_process_and_resume(three_days, tmp_path, one_thread):
+    """Forecast model: 6 windows, global batch 2 (1 per rank), 3 AdamW steps per epoch; from epoch 2 the
+    2-step rollout loss (two forward passes through DDP before one backward).
 
     Tolerance: the two runs take the same global batches, so their weights differ only by float32 summation
     order (the gradient all-reduce, per-rank convolutions): measured ~3e-7 after 6 steps at lr 1.5e-3;
@@ -117,23 +129,52 @@ def test_torchrun_two_processes_match_one_process_and_resume(three_days, tmp_pat
     from align_da_ops.forecast.training import TrainSettings, train
 
     ddp, single = tmp_path / "ddp" / "forecast.pt", tmp_path / "single" / "forecast.pt"
-    stdout = _torchrun(three_days, ddp, 2, tmp_path)
+    stdout = _torchrun("forecast", three_days, ddp, 2, FORECAST_ARGS, tmp_path)
     assert stdout.count("wrote ") == 1 and sorted(p.name for p in ddp.parent.iterdir()) == ["forecast.pt"]  # rank 0 only
     cfg = load_config(three_days)
     settings = TrainSettings(epochs=2, batch_size=2, rollout_steps=2, rollout_from_epoch=1, width=8, blocks=1)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train(cfg, single, settings)
-        a, b = ckpt_io.read(ddp), ckpt_io.read(single)  # weights_only loads with verified hashes
-        _assert_match(a, b)
-        ckpt_io.load_model(ddp, a["channels"], 32, 64)
-        _torchrun(three_days, ddp, 3, tmp_path)  # resumes from the 2-epoch checkpoint
-        train(cfg, single, dataclasses.replace(settings, epochs=3))
-    finally:
-        torch.set_num_threads(threads)
+    train(cfg, single, settings)
+    a, b = ckpt_io.read(ddp), ckpt_io.read(single)  # weights_only loads with verified hashes
+    _assert_match(a, b)
+    ckpt_io.load_model(ddp, a["channels"], 32, 64)
+    _torchrun("forecast", three_days, ddp, 3, FORECAST_ARGS, tmp_path)  # resumes from the 2-epoch checkpoint
+    train(cfg, single, dataclasses.replace(settings, epochs=3))
     a, b = ckpt_io.read(ddp), ckpt_io.read(single)
     assert a["training"]["epoch"] == 3
+    _assert_match(a, b)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["autoencoder", "prior"])
+def test_torchrun_trains_the_autoencoder_and_prior_like_one_process(kind, three_days, tmp_path, one_thread):
+    """Autoencoder: 8 states, global batch 2; prior: 7 + 6 + 5 pairs at leads 6/12/18 h from the packaged models,
+    global batch 2; 2 epochs each. Same tolerance as the forecast model (same argument)."""
+    from align_da_ops.config import load_config
+    from align_da_ops.data.sources import layout_of
+    from align_da_ops.diffusion import checkpoint as prior_io
+    from align_da_ops.diffusion.training import PriorSettings, train_prior
+    from align_da_ops.forecast.checkpoint import load_model
+    from align_da_ops.forecast.checkpoint import shipped_checkpoint as shipped_forecast
+    from align_da_ops.latent import checkpoint as ae_io
+    from align_da_ops.latent.training import AutoencoderSettings, train_autoencoder
+
+    cfg = load_config(three_days)
+    ddp, single = tmp_path / "ddp" / f"{kind}.pt", tmp_path / "single" / f"{kind}.pt"
+    if kind == "autoencoder":
+        _torchrun(kind, three_days, ddp, 2, ["--batch-size", "2", "--width", "8", "--latent-channels", "8"], tmp_path)
+        train_autoencoder(cfg, single, AutoencoderSettings(epochs=2, batch_size=2, width=8, latent_channels=8))
+        a, b = ae_io.read(ddp), ae_io.read(single)
+    else:
+        _torchrun(kind, three_days, ddp, 2, ["--batch-size", "2", "--width", "8", "--blocks", "1", "--leads", "6,12,18"],
+                  tmp_path)
+        channels = layout_of(cfg).channels
+        ae = ae_io.load_autoencoder(ae_io.shipped_checkpoint("tiny"), channels, 32, 64)
+        forecast = load_model(shipped_forecast("tiny"), channels, 32, 64)
+        train_prior(cfg, single, ae, forecast, PriorSettings(epochs=2, batch_size=2, width=8, blocks=1, leads=(6, 12, 18)))
+        a, b = prior_io.read(ddp), prior_io.read(single)
+        for k, v in b["training"]["weights"].items():  # the raw weights, beside the EMA in state_dict
+            torch.testing.assert_close(a["training"]["weights"][k], v, atol=1e-5, rtol=0, msg=k)
+    assert sorted(p.name for p in ddp.parent.iterdir()) == [f"{kind}.pt"]  # no pair stores left behind
     _assert_match(a, b)
 
 
