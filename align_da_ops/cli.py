@@ -534,6 +534,33 @@ def bench_scale(
         json_out.write_text(json.dumps(results, indent=1))
 
 
+@bench_app.command("training-data")
+def bench_training_data(
+    config: Path = typer.Argument(Path("config/tiny.yaml"), help="Experiment config whose schema and split are scaled."),
+    factors: str = typer.Option("1,8", help="Training-split sizes, as multiples of the config's."),
+    loader_workers: int = typer.Option(0, "--loader-workers", min=0, help="DataLoader worker processes."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the measurements here."),
+):
+    """Peak memory of one epoch of the forecast trainer's data pipeline as the training data grows: streamed
+    from the store (what the trainers do) vs the whole split loaded (before); a fresh process per row."""
+    import json
+
+    from align_da_ops.data import streaming_bench
+    from align_da_ops.diffusion.commands import _parse_ints
+
+    result = streaming_bench.run(config, tuple(_parse_ints(factors, "--factors")), workers=loader_workers)
+    table = Table(title=f"{result['config']}: one training epoch (batch {result['batch_size']}, rollout "
+                        f"{result['rollout_steps']}, {result['workers']} loader workers)")
+    for col in ("data", "pipeline", "states", "split MiB", "baseline MiB", "peak MiB", "seconds"):
+        table.add_column(col)
+    for r in result["rows"]:
+        table.add_row(f"{r['factor']}x", r["pipeline"], str(r["states"]), f"{r['split_mib']:.0f}",
+                      f"{r['baseline_rss_mib']:.0f}", f"{r['peak_rss_mib']:.0f}", f"{r['seconds']:.1f}")
+    out.print(table)
+    if json_out:
+        json_out.write_text(json.dumps(result, indent=1))
+
+
 @app.command("pipeline")
 def pipeline(
     config: Path = typer.Argument(Path("config/tiny.yaml"), help="Experiment config (an OSSE)."),
