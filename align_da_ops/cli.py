@@ -199,7 +199,7 @@ def stats(
     cfg = load_config(config)
     layout = sources.layout_of(cfg)
     train = cfg.splits.train
-    result = sources.compute_normalization(sources.open_states(cfg), layout, train.start, train.end)
+    result = sources.compute_normalization(sources.open_split_trajectories(cfg, train), layout, train.start, train.end)
     target = output or sources.normalization_path(cfg)
     sources.write_normalization(result, target)
     table = Table(title=f"normalisation over {train.start:%Y-%m-%d %H}Z .. {train.end:%Y-%m-%d %H}Z -> {target}")
@@ -493,6 +493,15 @@ def bench_letkf(
     out.print(table)
 
 
+def _print_table(title: str, columns, rows) -> None:
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(str(v) for v in row))
+    out.print(table)
+
+
 @bench_app.command("scale")
 def bench_scale(
     config: Path = typer.Argument(Path("config/tiny.yaml"), help="Experiment config (an OSSE with shipped models)."),
@@ -524,12 +533,10 @@ def bench_scale(
                       f"({', '.join(f'{k} {v}' for k, v in r.items() if k in ('campaigns', 'cycles', 'cases', 'pairs'))})")
     if "verification" in wanted:
         rows = results["verification"] = scaling_bench.verification_memory(tuple(_parse_ints(lengths, "--lengths")))
-        table = Table(title="archive verification: peak memory (fresh process per row; MiB above the imports' baseline)")
-        for col in ("cycles", "read", "added MiB", "peak MiB", "seconds"):
-            table.add_column(col)
-        for r in rows:
-            table.add_row(str(r["cycles"]), r["read"], f"{r['added_mib']:.0f}", f"{r['peak_mib']:.0f}", f"{r['seconds']:.1f}")
-        out.print(table)
+        _print_table("archive verification: peak memory (fresh process per row; MiB above the imports' baseline)",
+                     ("cycles", "read", "added MiB", "peak MiB", "seconds"),
+                     [(r["cycles"], r["read"], f"{r['added_mib']:.0f}", f"{r['peak_mib']:.0f}", f"{r['seconds']:.1f}")
+                      for r in rows])
     if json_out:
         json_out.write_text(json.dumps(results, indent=1))
 
@@ -549,14 +556,11 @@ def bench_training_data(
     from align_da_ops.diffusion.commands import _parse_ints
 
     result = streaming_bench.run(config, tuple(_parse_ints(factors, "--factors")), workers=loader_workers)
-    table = Table(title=f"{result['config']}: one training epoch (batch {result['batch_size']}, rollout "
-                        f"{result['rollout_steps']}, {result['workers']} loader workers)")
-    for col in ("data", "pipeline", "states", "split MiB", "baseline MiB", "peak MiB", "seconds"):
-        table.add_column(col)
-    for r in result["rows"]:
-        table.add_row(f"{r['factor']}x", r["pipeline"], str(r["states"]), f"{r['split_mib']:.0f}",
-                      f"{r['baseline_rss_mib']:.0f}", f"{r['peak_rss_mib']:.0f}", f"{r['seconds']:.1f}")
-    out.print(table)
+    _print_table(f"{result['config']}: one training epoch (batch {result['batch_size']}, rollout "
+                 f"{result['rollout_steps']}, {result['workers']} loader workers)",
+                 ("data", "pipeline", "states", "split MiB", "baseline MiB", "peak MiB", "seconds"),
+                 [(f"{r['factor']}x", r["pipeline"], r["states"], f"{r['split_mib']:.0f}", f"{r['baseline_rss_mib']:.0f}",
+                   f"{r['peak_rss_mib']:.0f}", f"{r['seconds']:.1f}") for r in result["rows"]])
     if json_out:
         json_out.write_text(json.dumps(result, indent=1))
 

@@ -143,10 +143,15 @@ DataSource = Annotated[Union[NatureRunSource, WeatherBench2Source, GribSource], 
 
 
 class Period(Frozen):
-    """A closed interval of 6-hourly times."""
+    """A closed interval of 6-hourly times, of the data's trajectory or of the listed nature-run members."""
 
     start: datetime
     end: datetime
+    members: tuple[int, ...] | None = Field(
+        default=None, min_length=1,
+        description="Nature-run members (trajectories) this split reads; None: `data.member`. Training on members "
+        "other than `data.member` keeps validation and test on a trajectory never trained on.",
+    )
 
     @model_validator(mode="after")
     def _order(self):
@@ -164,11 +169,15 @@ class SplitsConfig(Frozen):
 
     @model_validator(mode="after")
     def _disjoint(self):
-        if not (self.train.end < self.validation.start and self.validation.end < self.test.start):
+        if self.validation.members != self.test.members:
+            raise ValueError(f"validation and test must read the same trajectory; got members {self.validation.members} "
+                             f"and {self.test.members}")
+        train_apart = self.train.members is not None  # other trajectories: the experiment checks they are
+        if not ((train_apart or self.train.end < self.validation.start) and self.validation.end < self.test.start):
             raise ValueError(
-                "splits must be ordered and disjoint: train.end < validation.start and validation.end < test.start; "
-                f"got train.end={self.train.end.isoformat()}, validation=[{self.validation.start.isoformat()}, "
-                f"{self.validation.end.isoformat()}], test.start={self.test.start.isoformat()}"
+                "splits must be ordered and disjoint: train.end < validation.start (unless train reads other members) "
+                f"and validation.end < test.start; got train.end={self.train.end.isoformat()}, validation="
+                f"[{self.validation.start.isoformat()}, {self.validation.end.isoformat()}], test.start={self.test.start.isoformat()}"
             )
         return self
 
@@ -186,6 +195,8 @@ class ExperimentConfig(Frozen):
 
     @model_validator(mode="after")
     def _consistent(self):
+        if self.data.kind != "nature_run" and any(getattr(self.splits, s).members for s in ("train", "validation", "test")):
+            raise ValueError("splits.*.members select nature-run trajectories; data.kind is not nature_run")
         if self.data.kind == "nature_run":
             nr = self.nature_run
             if nr is None:
@@ -196,6 +207,17 @@ class ExperimentConfig(Frozen):
             bad |= set(self.state.surface) - {"surface_pressure", "mean_sea_level_pressure"}
             if bad:
                 raise ValueError(f"the dry Held–Suarez nature run cannot provide {sorted(bad)}")
+            if self.data.member >= nr.members:
+                raise ValueError(f"data.member={self.data.member} but the nature run has {nr.members} members")
+            if self.splits.validation.members not in (None, (self.data.member,)):
+                raise ValueError(f"validation and test are scored against data.member={self.data.member}; got splits."
+                                 f"validation.members {self.splits.validation.members}")
+            train = self.splits.train.members or ()
+            if any(m >= nr.members for m in train) or len(set(train)) != len(train):
+                raise ValueError(f"splits.train.members {train} must be distinct members of the {nr.members} of the nature run")
+            if self.data.member in train and not self.splits.train.end < self.splits.validation.start:
+                raise ValueError(f"splits.train.members {train} include data.member={self.data.member}, the trajectory "
+                                 "of validation and test: train must then end before validation starts")
             for split in ("train", "validation", "test"):
                 period = getattr(self.splits, split)
                 if period.start < nr.start or period.end > nr.end:

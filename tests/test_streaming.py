@@ -177,3 +177,55 @@ def test_memory_benchmark_stores_and_rows(setup, tmp_path):
     result = streaming_bench.run(cfg, factors=(2,), pipelines=("streamed",), batch_size=4, rollout_steps=2, root=tmp_path)
     (row,) = result["rows"]
     assert row["factor"] == 2 and row["windows"] == 10 and row["peak_rss_mib"] >= row["baseline_rss_mib"] > 0
+
+
+@pytest.fixture(scope="module")
+def trajectories(tmp_path_factory):
+    """A 3-member, 1-day nature run trained on members 0 and 1; validation and test on member 2 (same times)."""
+    from align_da_ops.data.nature_run import generate
+
+    raw = tiny_config_dict(tmp_path_factory.mktemp("members") / "nature.zarr", days=1.0, members=3)
+    at = lambda hours: (datetime(2000, 1, 1) + timedelta(hours=hours)).isoformat()
+    raw["data"] = {"kind": "nature_run", "member": 2}
+    raw["splits"] = {"train": {"start": at(0), "end": at(18), "members": [0, 1]},
+                     "validation": {"start": at(0), "end": at(6)}, "test": {"start": at(12), "end": at(18)}}
+    cfg = ExperimentConfig.model_validate(raw)
+    generate(cfg)
+    return cfg, raw
+
+
+def test_a_split_of_several_trajectories_streams_each_without_crossing_members(trajectories):
+    from align_da_ops.data.sources import compute_normalization, open_split_trajectories
+
+    cfg, _ = trajectories
+    layout = layout_of(cfg)
+    data = StateWindows(cfg, cfg.splits.train, 1)
+    assert data.members == [0, 1] and data.per_member == 3 and len(data) == 6
+    for i in range(len(data)):
+        member, j = divmod(i, 3)
+        expected = layout.to_tensor(open_states(cfg, member).isel(time=slice(j, j + 2)).load())[0]
+        assert torch.equal(data[i][1], expected), i
+    assert len(set(data.block_ids[:3]) & set(data.block_ids[3:])) == 0  # blocks are per member
+    order = ChunkShuffleSampler(data.block_ids, seed=0).epoch_order(0)
+    assert sorted(order.tolist()) == list(range(6))
+    stored = read_normalization(normalization_path(cfg))  # the store's statistics are over the train members
+    both = compute_normalization(open_split_trajectories(cfg, cfg.splits.train), layout, *[cfg.splits.train.start, cfg.splits.train.end])
+    np.testing.assert_allclose(stored.mean, both.mean, rtol=1e-6)
+    alone = compute_normalization(open_states(cfg), layout, cfg.splits.train.start, cfg.splits.train.end)
+    assert not np.allclose(alone.mean, both.mean, rtol=1e-6)  # member 2 (validation's) is not in them
+
+
+def test_splits_over_trajectories_are_validated(trajectories):
+    _, raw = trajectories
+    import copy
+
+    def bad(change, match):
+        broken = copy.deepcopy(raw)
+        change(broken)
+        with pytest.raises(ValueError, match=match):
+            ExperimentConfig.model_validate(broken)
+
+    bad(lambda r: r["splits"]["train"].update(members=[0, 2]), "include data.member=2")
+    bad(lambda r: r["splits"]["train"].update(members=[0, 3]), "distinct members")
+    bad(lambda r: r["splits"]["validation"].update(members=[1]), "same trajectory|scored against data.member")
+    bad(lambda r: r["data"].update(member=5), "data.member=5")

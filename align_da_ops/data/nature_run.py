@@ -286,8 +286,8 @@ def _finish(store: Path, cfg: ExperimentConfig, layout: grid.StateLayout) -> Non
     ds = open_nature_run(store)
     if not ds.attrs.get("complete"):
         train = cfg.splits.train
-        truth = ds.isel({grid.MEMBER: cfg.data.member if cfg.data.kind == "nature_run" else 0})
-        write_normalization(compute_normalization(truth, layout, train.start, train.end), store)
+        members = list(train.members) if train.members else cfg.data.member if cfg.data.kind == "nature_run" else 0
+        write_normalization(compute_normalization(ds.isel({grid.MEMBER: members}), layout, train.start, train.end), store)
         root = zarr.open_group(store, mode="r+")
         root.attrs["complete"] = 1
         log.info("nature_run_complete", store=str(store))

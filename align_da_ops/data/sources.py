@@ -26,8 +26,11 @@ def layout_of(cfg: ExperimentConfig) -> grid.StateLayout:
     return grid.StateLayout(tuple(cfg.state.upper_air), tuple(cfg.state.surface), tuple(cfg.state.levels))
 
 
-def open_states(cfg: ExperimentConfig) -> xr.Dataset:
+def open_states(cfg: ExperimentConfig, member: int | None = None) -> xr.Dataset:
+    """The configured data lazily, in the schema: one trajectory (`data.member`, or `member` of a nature run)."""
     src = cfg.data
+    if member is not None and src.kind != "nature_run":
+        raise SchemaError(f"member={member} selects a nature-run trajectory; data.kind is {src.kind!r}")
     if src.kind == "nature_run":
         path = cfg.nature_run.output
         if not path.exists():
@@ -35,9 +38,10 @@ def open_states(cfg: ExperimentConfig) -> xr.Dataset:
         ds = xr.open_zarr(path, consolidated=False)
         if not ds.attrs.get("complete"):
             raise InputDataError(f"nature run {path} is incomplete; rerun `align-da nature-run CONFIG` to finish it")
-        if src.member >= ds.sizes[grid.MEMBER]:
-            raise SchemaError(f"data.member={src.member} but {path} holds {ds.sizes[grid.MEMBER]} members")
-        ds = ds.isel({grid.MEMBER: src.member})
+        member = src.member if member is None else member
+        if member >= ds.sizes[grid.MEMBER]:
+            raise SchemaError(f"member {member} asked for but {path} holds {ds.sizes[grid.MEMBER]} members")
+        ds = ds.isel({grid.MEMBER: member})
     elif src.kind == "wb2_zarr":
         ds = readers.open_wb2_zarr(src.path)
         if cfg.state.grid.kind == "equiangular":
@@ -53,6 +57,14 @@ def open_states(cfg: ExperimentConfig) -> xr.Dataset:
     return ds
 
 
+def open_split_trajectories(cfg: ExperimentConfig, period) -> xr.Dataset:
+    """The trajectories a split reads, lazily: `open_states(cfg)` when the split lists no members, else its
+    members stacked along `member` (not cut to the split's times)."""
+    if not period.members:
+        return open_states(cfg)
+    return xr.concat([open_states(cfg, m) for m in period.members], dim=grid.MEMBER)
+
+
 def normalization_path(cfg: ExperimentConfig) -> Path:
     """Nature runs keep statistics inside their store; other sources in data/<name>/normalization.zarr."""
     if cfg.data.kind == "nature_run":
@@ -61,11 +73,12 @@ def normalization_path(cfg: ExperimentConfig) -> Path:
 
 
 def compute_normalization(ds: xr.Dataset, layout: grid.StateLayout, start, end) -> grid.Normalization:
-    """Per-channel mean and std over [start, end] (all grid points), by dask reductions."""
+    """Per-channel mean and std over [start, end] (all grid points, and all members if `ds` has a member
+    dimension), by dask reductions."""
     sel = ds.sel({grid.TIME: slice(start, end)})
     if sel.sizes.get(grid.TIME, 0) == 0:
         raise SchemaError(f"no times in the normalisation period [{start}, {end}]")
-    dims = [grid.TIME, grid.LAT, grid.LON]
+    dims = [grid.TIME, grid.LAT, grid.LON] + ([grid.MEMBER] if grid.MEMBER in sel.dims else [])
     names = list(layout.upper_air + layout.surface)
     mean = sel[names].astype(np.float64).mean(dims)
     std = sel[names].astype(np.float64).std(dims)

@@ -105,48 +105,56 @@ class BlockCache:
 
 
 class StateWindows(Dataset):
-    """Windows of `steps` + 1 consecutive states of one split; item i -> (i, states i..i+steps). See the module doc."""
+    """Windows of `steps` + 1 consecutive states of one split; item i -> (i, states of window i). With the split's
+    `members` (nature-run trajectories) the windows of each member follow those of the one before, never
+    crossing members: window i is member i // per_member, first state i % per_member. See the module doc."""
 
     def __init__(self, cfg: ExperimentConfig, period, steps: int, normalization: grid.Normalization | None = None,
                  cache_blocks: int | None = None):
         self.cfg, self.steps, self.normalization = cfg, steps, normalization
         self.layout = layout_of(cfg)
-        states = open_states(cfg)
+        self.members = list(period.members) if getattr(period, "members", None) else [None]
+        states = open_states(cfg, self.members[0])  # every member shares the time axis and its chunks
         positions = split_positions(states, period)
         self.start, self.n_states = positions.start, positions.stop - positions.start
         self.bounds = block_bounds(states, self.layout.upper_air + self.layout.surface)
-        first = self.start + np.arange(len(self))
-        self.block_ids = np.searchsorted(self.bounds, first, side="right") - 1  # block of each window's first state
-        span = np.searchsorted(self.bounds, first + steps, side="right") - self.block_ids
+        self.n_blocks = len(self.bounds) - 1
+        self.per_member = max(0, self.n_states - steps)
+        first = self.start + np.arange(self.per_member)
+        local = np.searchsorted(self.bounds, first, side="right") - 1  # block of each window's first state
+        self.block_ids = np.concatenate([local + k * self.n_blocks for k in range(len(self.members))])
+        span = np.searchsorted(self.bounds, first + steps, side="right") - local
         self.cache = BlockCache(cache_blocks or GROUP_BLOCKS * int(span.max(initial=1)), self._open)
 
     def __len__(self) -> int:
-        return max(0, self.n_states - self.steps)
+        return self.per_member * len(self.members)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
         if not 0 <= i < len(self):
             raise IndexError(f"window {i} of {len(self)}")
-        return i, self.states(i, i + self.steps + 1)
+        member, j = divmod(i, self.per_member)
+        return i, self.states(j, j + self.steps + 1, member)
 
-    def states(self, a: int, b: int) -> torch.Tensor:
-        """States a..b-1 of the split (a < b), read block by block through the cache."""
+    def states(self, a: int, b: int, member: int = 0) -> torch.Tensor:
+        """States a..b-1 of the split (a < b) of its `member`-th trajectory, read block by block through the cache."""
         lo, hi = self.start + a, self.start + b
         first = int(np.searchsorted(self.bounds, lo, side="right")) - 1
         last = int(np.searchsorted(self.bounds, hi - 1, side="right")) - 1
         parts = []
         for block in range(first, last + 1):
             b0, b1 = self.bounds[block], self.bounds[block + 1]
-            parts.append(self._block(block)[max(lo, b0) - b0 : min(hi, b1) - b0])
+            parts.append(self._block(member * self.n_blocks + block)[max(lo, b0) - b0 : min(hi, b1) - b0])
         return parts[0].clone() if len(parts) == 1 else torch.cat(parts)
 
     def _block(self, block: int) -> torch.Tensor:
         return self.cache.get(block, self._read)
 
     def _open(self):
-        return open_states(self.cfg)
+        return [open_states(self.cfg, m) for m in self.members]
 
-    def _read(self, states, block: int) -> torch.Tensor:
-        sel = states.isel({grid.TIME: slice(int(self.bounds[block]), int(self.bounds[block + 1]))})
+    def _read(self, handles, block: int) -> torch.Tensor:
+        member, local = divmod(block, self.n_blocks)
+        sel = handles[member].isel({grid.TIME: slice(int(self.bounds[local]), int(self.bounds[local + 1]))})
         x = self.layout.to_tensor(sel.load(scheduler="synchronous"))[0]
         return x if self.normalization is None else self.normalization.normalize(x)
 

@@ -109,12 +109,14 @@ def encode_all(autoencoder, x: torch.Tensor, batch: int = 64) -> torch.Tensor:
 
 
 def write_latent_pairs(cfg: ExperimentConfig, period, autoencoder, model, leads, path: Path) -> ZarrRows:
-    """Every (background, truth) pair of the split `period` (`forecast_pairs` of the whole split), encoded, into
-    the Zarr group at `path` (arrays `PAIRS`, (pair, Cz, lat/f, lon/f) float32), `PAIR_BLOCK` starts at a time."""
+    """Every (background, truth) pair of the split `period` (`forecast_pairs` of the whole split, trajectory by
+    trajectory), encoded, into the Zarr group at `path` (arrays `PAIRS`, (pair, Cz, lat/f, lon/f) float32),
+    `PAIR_BLOCK` starts at a time."""
     states = StateWindows(cfg, period, 0)  # physical units
     steps, group, arrays = max(leads) // 6, zarr.open_group(path, mode="w"), None
-    for a in range(0, states.n_states - min(leads) // 6, PAIR_BLOCK):
-        x = states.states(a, min(a + PAIR_BLOCK + steps, states.n_states))
+    starts = range(0, states.n_states - min(leads) // 6, PAIR_BLOCK)
+    for member, a in ((m, a) for m in range(len(states.members)) for a in starts):
+        x = states.states(a, min(a + PAIR_BLOCK + steps, states.n_states), member)
         encoded = [encode_all(autoencoder, part) for part in forecast_pairs(x, model, leads, PAIR_BLOCK)]
         if arrays is None:
             shape = encoded[0].shape[1:]
