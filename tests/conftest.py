@@ -9,6 +9,17 @@ import pytest
 from factories import DATA, tiny_config
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one intra-op thread for the test (results that must match across processes bit for bit)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_nature_run(tmp_path_factory) -> Path:
     """A 2-day, 1-member T21 nature run from the shipped spun-up state (a few seconds)."""

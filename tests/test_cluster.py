@@ -66,14 +66,6 @@ def _assert_same_archives(runs_a, runs_b):
             np.testing.assert_array_equal(pa[key], pb[key], err_msg=f"{a.campaign.archive}: {key}")
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_suite_on_two_workers_equals_the_serial_run_bit_for_bit(config, tmp_path, one_thread):
     from align_da_ops.cli import _truth_norm_climatology
     from align_da_ops.suite_scores import collect

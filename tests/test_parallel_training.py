@@ -107,14 +107,6 @@ def _torchrun(kind: str, config, output, epochs: int, args, cwd) -> str:
     return res.stdout
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one_process_and_resume(three_days, tmp_path, one_thread):
     """Forecast model: 6 windows, global batch 2 (1 per rank), 3 AdamW steps per epoch; from epoch 2 the
