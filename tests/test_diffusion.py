@@ -63,12 +63,12 @@ def test_unguided_sampler_draws_the_prior(sampler):
     assert 0.85 < float(ratio.mean()) < 1.15 and float(ratio.min()) > 0.7
 
 
-@pytest.mark.parametrize("through_denoiser", [False, True])
-def test_dps_matches_the_kalman_posterior(through_denoiser):
+@pytest.mark.parametrize("jacobian", ["denoiser", "gaussian"])
+def test_dps_matches_the_kalman_posterior(jacobian):
     p = prior()
     points, y, r = [3, 10, 17, 30], torch.tensor([1.5, -2.0, 0.5, 3.0]), 0.5
     obs = observations(points, y, r)
-    guided = DPS(through_denoiser=through_denoiser).wrap(p, SCHEDULE, IdentityCodec(), obs)
+    guided = DPS(jacobian=jacobian).wrap(p, SCHEDULE, IdentityCodec(), obs)
     z = Sampler(steps=128).sample(guided, SCHEDULE, SHAPE, generators(1500)).flatten(1)
     post_var = 1 / (1 / 1.0 + 1 / r**2)
     post_mean = post_var * (p.mean.flatten()[points] + y / r**2)

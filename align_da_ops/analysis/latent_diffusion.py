@@ -4,7 +4,8 @@
 1. z_b = E(x_b) with the autoencoder (physical units in, standardised latent out);
    the prior models the standardised background error d = (z - z_b) / scale;
 2. the prior's denoiser conditioned on z_b is wrapped by the guidance mode
-   (obs_free | repaint | dps, `diffusion/guidance.py`) with the cycle's
+   (obs_free | repaint | dps, `diffusion/guidance.py`; DPS differentiates
+   through the prior network unless `jacobian: gaussian`) with the cycle's
    observations, normalised by the state normalisation's channel std;
 3. the sampler draws one latent per generator (one generator per ensemble
    member, seeded by the engine from (campaign, cycle, member)), in one batch,
@@ -54,6 +55,13 @@ class LatentDiffusionConfig(BaseModel):
     )
     gamma: float = Field(default=1.0, gt=0, description="DPS: prior variance per latent behind the likelihood approximation (1: unconditional; the background-error variance in latent units is the Bayes choice).")
     clip: float = Field(default=1.0, gt=0, description="DPS: cap on the RMS of the guidance term per member (eps units).")
+    jacobian: Literal["denoiser", "gaussian"] = Field(
+        default="denoiser",
+        description="DPS: the Jacobian d z0_hat / d z_t of the clean estimate. denoiser: autograd of Tweedie's estimate "
+        "through the prior network (the literature's DPS, Chung et al. 2023; one backward pass per evaluation). "
+        "gaussian: the scalar gamma mu / (sigma^2 + gamma mu^2) of a prior N(m, gamma I): cheaper, but it drops the "
+        "prior's spatial spreading of the increment (biased on correlated priors; see diffusion/guidance.py).",
+    )
     min_obs_error: float = Field(default=0.05, gt=0, description="DPS: floor of the observation-error std (normalised units).")
     steps: int = Field(default=32, ge=1, le=4096, description="Sampler steps (paper: 128).")
     corrections: int = Field(default=0, ge=0, le=16, description="Langevin corrections per step (paper: 2).")
@@ -84,7 +92,7 @@ class LatentDiffusion:
         self.autoencoder = autoencoder
         self.prior = prior
         self.channel_std = np.asarray(channel_std, dtype=np.float64)
-        self.guidance = guidance_of(config.guidance, config.strength, config.gamma, config.clip)
+        self.guidance = guidance_of(config.guidance, config.strength, config.gamma, config.clip, config.jacobian)
         self.sampler = Sampler(config.steps, config.corrections, config.tau, config.stochasticity)
         self.members = config.members
 
