@@ -51,7 +51,8 @@ def archive_scores(
     Rows (cycle_time, lead, method); lead 0 h is the analysis, lead L the forecast from that cycle
     (lead 6 h is the next cycle's background). Columns: wrmse_, bias_ (and acc_ with a climatology) per
     channel, latitude-weighted mse/mae_normalized (with `norm`), `imbalance_<level>` and
-    `imbalance_truth_<level>` (`verify.imbalance_ratio`), and for archives that store members, at
+    `imbalance_truth_<level>` (`verify.imbalance_ratio`), at lead 0 `patch_ratio_<n>` of the increment
+    (`verify.patch_edge_ratio`, n in `verify.PATCH_SIZES`), and for archives that store members, at
     lead 0, `ensemble_scores`. Computed `block_cycles` cycles at a time, each block read lazily from the
     archive's Zarr chunks (one per cycle) and the truth's, so memory is bounded by the block, not by the
     archive's length; within a block batched over cycles (`verify.score_columns`), one lead at a time.
@@ -60,7 +61,8 @@ def archive_scores(
               if (start is None or c.value >= _as_datetime(start)) and (end is None or c.value <= _as_datetime(end))]
     if not cycles:
         return verify.scores_table([])
-    products = {p: archive.open_product(p, dask=False) for p in ("analysis", "forecast") + (("members",) if archive.n_members else ())}
+    products = {p: archive.open_product(p, dask=False)
+                for p in ("analysis", "background", "forecast") + (("members",) if archive.n_members else ())}
     frames = [_block_scores(archive, products, truth, method, cycles[i : i + block_cycles], norm, climatology, balance_levels)
               for i in range(0, len(cycles), block_cycles)]
     frame = pd.concat(frames, ignore_index=True)
@@ -76,6 +78,7 @@ def _block_scores(archive: Archive, products: dict, truth: xr.Dataset, method: s
     times = np.asarray([c.as_numpy() for c in cycles])
     have = truth.indexes[grid.TIME]
     analysis = _finite(_stack(products["analysis"].sel({grid.TIME: times}), layout), archive, "analysis", cycles)
+    increment = analysis - _finite(_stack(products["background"].sel({grid.TIME: times}), layout), archive, "background", cycles)
     forecast = products["forecast"].sel({grid.TIME: times}).load()
     _finite(torch.as_tensor(np.concatenate([forecast[v].values.reshape(len(times), -1) for v in forecast.data_vars], 1)),
             archive, "forecast", cycles)
@@ -98,6 +101,9 @@ def _block_scores(archive: Archive, products: dict, truth: xr.Dataset, method: s
             columns[f"imbalance_truth_{p}"] = verify.imbalance_ratio(x_true, layout, lat, lon, p)
         if members is not None and lead == 0:
             columns |= ensemble_scores(members[keep], x_true, lat, layout.channels)
+        if lead == 0:
+            for patch in verify.PATCH_SIZES:
+                columns[f"patch_ratio_{patch}"] = verify.patch_edge_ratio(increment[keep], patch)
         frame = pd.DataFrame({k: np.asarray(torch.as_tensor(v).cpu(), dtype=np.float64) for k, v in columns.items()})
         frames.append(frame.assign(cycle_time=times[keep], lead=lead, method=method))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(verify.INDEX))

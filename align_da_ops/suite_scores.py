@@ -31,7 +31,8 @@ def report_scores(columns) -> list[str]:
     wanted = ["mse_normalized", "mae_normalized"]
     for c in HEADLINE_CHANNELS:
         wanted += [f"wrmse_{c}", f"bias_{c}", f"acc_{c}", f"crps_{c}", f"spread_{c}", f"ensrmse_{c}"]
-    wanted += [c for c in columns if c.startswith(("imbalance_", "omb_rms_", "oma_rms_", "rankhist_", "n_members", "seconds_"))]
+    wanted += [c for c in columns if c.startswith(("imbalance_", "patch_ratio_", "omb_rms_", "oma_rms_", "rankhist_",
+                                                    "n_members", "seconds_"))]
     return [c for c in wanted if c in columns]
 
 

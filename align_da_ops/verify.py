@@ -186,6 +186,29 @@ def imbalance_ratio(states, layout, latitudes, longitudes, level: int, band: tup
     return (w * du).sum(dim=(-2, -1)) / (w * u.index_select(-2, rows).abs()).sum(dim=(-2, -1))
 
 
+PATCH_SIZES = (2, 4)  # grid cells per latent cell of the 2x and 4x autoencoders
+
+
+def patch_edge_ratio(field: torch.Tensor, patch: int) -> torch.Tensor:
+    """(...) patch-artefact check of fields (..., C, lat, lon), e.g. analysis increments: the RMS of the jumps between
+    neighbouring grid cells that straddle a patch edge (every `patch` cells, along latitude and longitude, the
+    longitude wrap included) over the RMS of the jumps inside patches, per channel, then the mean over channels.
+    About 1 for fields without structure tied to the patch grid (white noise, large scales); above 1 when a decoder
+    stitches its latent cells' patches together with seams (piecewise-constant patches: infinite), and also,
+    less, when variance at the latent grid's own scale is interpolated between latent cell centres (the jumps
+    peak midway between centres, on the edges)."""
+    x = torch.as_tensor(field).to(torch.float64)
+    d_lon = (x.roll(-1, dims=-1) - x).pow(2)  # jump from column j to j + 1 (wrapping)
+    d_lat = (x[..., 1:, :] - x[..., :-1, :]).pow(2)  # jump from row i to i + 1
+    lon_edge = (torch.arange(x.shape[-1], device=x.device) + 1) % patch == 0
+    lat_edge = (torch.arange(x.shape[-2] - 1, device=x.device) + 1) % patch == 0
+    edge = d_lon[..., lon_edge].sum((-2, -1)) + d_lat[..., lat_edge, :].sum((-2, -1))
+    inner = d_lon[..., ~lon_edge].sum((-2, -1)) + d_lat[..., ~lat_edge, :].sum((-2, -1))
+    n_edge = x.shape[-2] * int(lon_edge.sum()) + x.shape[-1] * int(lat_edge.sum())
+    n_inner = x.shape[-2] * int((~lon_edge).sum()) + x.shape[-1] * int((~lat_edge).sum())
+    return ((edge / n_edge) / (inner / n_inner)).sqrt().mean(-1)
+
+
 def symmetric_climatology(mean_field: torch.Tensor, channels: Sequence[str]) -> torch.Tensor:
     """(C, lat, lon) zonal and hemispherically symmetrised climatology from a time mean (C, lat, lon).
 

@@ -199,5 +199,7 @@ def test_scores_read_block_by_block_equal_the_whole_archive_read_at_once(letkf):
     whole = evaluation.archive_scores(archive, truth.states, "letkf", block_cycles=1000, **kw)
     blocks = evaluation.archive_scores(archive, truth.states, "letkf", block_cycles=1, **kw)
     assert len(whole.index.get_level_values("cycle_time").unique()) == 2 and "crps_geopotential_500" in whole.columns
+    analysis = whole.xs(pd.Timedelta(0), level="lead")
+    assert np.isfinite(analysis["patch_ratio_4"]).all() and (analysis["patch_ratio_4"] > 0).all()
     assert whole.index.get_level_values("lead").dtype == "timedelta64[ns]"
     pd.testing.assert_frame_equal(whole, blocks)

@@ -215,3 +215,24 @@ def test_imbalance_ratio_zero_for_geostrophic_wind_and_half_for_doubled_wind():
     doubled = x.clone()
     doubled[u] *= 2
     assert float(verify.imbalance_ratio(doubled, LAYOUT, lat, lon, 500)) == pytest.approx(0.5, abs=0.01)
+
+
+def test_patch_edge_ratio_is_one_without_patches_and_large_with_seams():
+    from align_da_ops.verify import patch_edge_ratio
+
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(3, 5, 32, 64, generator=g, dtype=torch.float64)  # stationary: edges are like any other place
+    for patch in (2, 4):
+        assert patch_edge_ratio(noise, patch) == pytest.approx(torch.ones(3), abs=0.08)
+    latent = torch.randn(3, 5, 8, 16, generator=g, dtype=torch.float64)
+    blocks = latent.repeat_interleave(4, -2).repeat_interleave(4, -1)  # 4x4 patches, one value each
+    assert torch.isinf(patch_edge_ratio(blocks, 4)).all()
+    seams = blocks + 0.1 * noise  # patches with texture inside: seams stand out at every 4th cell only
+    r4, r2 = patch_edge_ratio(seams, 4), patch_edge_ratio(seams, 2)
+    assert (r4 > 5).all() and (r2 > 1.5).all() and (r2 < r4).all()
+    lat, lon = torch.meshgrid(torch.linspace(0, 1, 32, dtype=torch.float64), torch.linspace(0, 1, 65, dtype=torch.float64)[:-1],
+                              indexing="ij")
+    phases = torch.rand(3, 5, 4, generator=g, dtype=torch.float64)[..., None, None] * 6.283
+    k = torch.arange(1, 5, dtype=torch.float64)[:, None, None]
+    large_scale = (torch.sin(6.283 * k * lon + phases) * torch.cos(3.14 * k * lat)).sum(-3)  # wavenumbers 1-4
+    assert patch_edge_ratio(large_scale, 4) == pytest.approx(torch.ones(3), abs=0.05)  # smooth, not tied to patches
