@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from align_da_ops.analysis.covariance import SpectralCovariance
+from align_da_ops.analysis.latent_diffusion import LatentDiffusionConfig
 from align_da_ops.analysis.threedvar import ThreeDVar, ThreeDVarConfig
-from align_da_ops.diffusion.guidance import DPS, IdentityCodec, ObservationTerm, ObsFree
+from align_da_ops.diffusion.guidance import DPS, IdentityCodec, ObservationTerm, ObsFree, guidance_of
 from align_da_ops.diffusion.samplers import Sampler
 from align_da_ops.diffusion.schedule import CosineSchedule
 from align_da_ops.grid import StateLayout, gaussian_latitudes, longitudes
@@ -93,6 +94,13 @@ def generators(n: int) -> list[torch.Generator]:
 def relative_error(x: torch.Tensor, exact: torch.Tensor, m: torch.Tensor, where=slice(None)) -> float:
     """||x - x_a|| / ||x_a - m|| (the error as a fraction of the exact increment), over `where`."""
     return float((x - exact)[where].norm() / (exact - m)[where].norm())
+
+
+def test_the_literature_dps_is_the_default():
+    assert guidance_of("dps") == DPS(jacobian="denoiser") and LatentDiffusionConfig().jacobian == "denoiser"
+    assert guidance_of("dps", jacobian="gaussian").jacobian == "gaussian"
+    with pytest.raises(ValueError, match="jacobian"):
+        DPS(jacobian="scalar")
 
 
 def test_dps_through_the_denoiser_recovers_the_kalman_mean_the_scalar_shortcut_does_not():
