@@ -278,3 +278,30 @@ def test_small_perturbation_has_the_requested_size_and_is_seeded():
     ratio = d.movedim(1, 0).reshape(3, -1).std(1) / std
     assert torch.allclose(ratio, torch.full((3,), 0.1), rtol=0.15)
     assert torch.equal(small_perturbation(series, 0.1, seed=1)(start), start + d)
+
+
+def test_perturbed_starts_are_b_shaped_seeded_per_window_and_leave_the_targets(trained, tmp_path):
+    """Analysis-like starts: only the first state changes, in about `fraction` of the windows, by draws that
+    depend on (seed, epoch, window) only, with B's variances (physical units) on average; training uses them."""
+    from align_da_ops.analysis.threedvar import ThreeDVarConfig, covariance_from_config
+    from align_da_ops.data.sources import normalization_path, open_states, read_normalization
+    from align_da_ops.forecast.starts import PerturbedStarts
+
+    cfg, _, settings, history = trained
+    states, norm = open_states(cfg), read_normalization(normalization_path(cfg))
+    cov = covariance_from_config(ThreeDVarConfig(), layout_of(cfg).channels, states.latitude.values, states.longitude.values)
+    b = cov.save(tmp_path / "b.npz")
+    starts = PerturbedStarts(b, norm, scale=2.0, fraction=0.5, seed=3)
+    windows = torch.zeros(40, 3, len(norm.channels), 32, 64)
+    index = torch.arange(40)
+    out = starts(windows, index, epoch=1)
+    assert torch.equal(out[:, 1:], windows[:, 1:])
+    perturbed = out[:, 0].flatten(1).abs().amax(1) > 0
+    assert 10 <= int(perturbed.sum()) <= 30
+    assert torch.equal(starts(windows.flip(0), index.flip(0), 1).flip(0), out)  # any batch order: same draws
+    assert not torch.equal(starts(windows, index, 2), out)  # another epoch: other draws
+    physical = out[perturbed, 0].double() * torch.as_tensor(np.asarray(norm.std))[:, None, None]
+    ratio = physical.pow(2).mean((0, 2, 3)) / (4.0 * torch.as_tensor(cov.variances().reshape(len(norm.channels), -1).mean(1)))
+    assert float(ratio.mean()) == pytest.approx(1.0, rel=0.3)
+    with_starts = train(cfg, tmp_path / "starts.pt", dataclasses.replace(settings, start_covariance=str(b), start_fraction=1.0))
+    assert np.isfinite(with_starts[0]["loss"]) and with_starts[0]["loss"] != history[0]["loss"]

@@ -38,6 +38,10 @@ def train_forecast(
     seed: int = typer.Option(0, help="Initialisation and shuffling seed."),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch's choice)."),
     workers: int = typer.Option(0, help="DataLoader worker processes reading the store (per torchrun process)."),
+    start_covariance: Optional[Path] = typer.Option(None, help="B (.npz, e.g. align_da_ops/checkpoints/b-nmc-neural-tiny.npz): "
+                                                    "start a share of the windows from the truth plus B-structured errors, like analyses."),
+    start_scale: float = typer.Option(1.0, help="Start perturbation std in units of B^1/2."),
+    start_fraction: float = typer.Option(0.5, help="Share of windows with a perturbed start."),
     export: Optional[Path] = typer.Option(None, help="Also write an inference-only copy here (no optimiser state)."),
 ):
     """Train (or resume) the neural 6-h forecast model on the config's train split; validate per epoch.
@@ -59,7 +63,9 @@ def train_forecast(
     target = output or default_checkpoint(cfg.name)
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, rollout_steps=rollout_steps,
                              rollout_from_epoch=rollout_from_epoch,
-                             width=width, blocks=blocks, levels=levels, seed=seed)
+                             width=width, blocks=blocks, levels=levels, seed=seed,
+                             start_covariance=str(start_covariance) if start_covariance else None,
+                             start_scale=start_scale, start_fraction=start_fraction)
     with parallel_training.launch(resolve_device(cfg.device)) as world:
         if not world.is_main:
             train(cfg, target, settings, world=world, workers=workers)

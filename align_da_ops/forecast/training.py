@@ -35,6 +35,7 @@ from align_da_ops.data.streaming import ChunkShuffleSampler, StateWindows, chann
 from align_da_ops.errors import SchemaError
 from align_da_ops.forecast import checkpoint as ckpt_io
 from align_da_ops.forecast.network import Architecture, SphereUNet
+from align_da_ops.forecast.starts import PerturbedStarts
 
 VALIDATION = (("geopotential", 500), ("temperature", 850))
 VALIDATION_LEADS = (6, 24)
@@ -55,6 +56,9 @@ class TrainSettings:
     blocks: int = 2
     levels: int = 1
     seed: int = 0
+    start_covariance: str | None = None  # B (.npz): perturb training starts like analyses (`forecast.starts`)
+    start_scale: float = 1.0  # perturbation std in units of B^{1/2}
+    start_fraction: float = 0.5  # share of windows whose start is perturbed
 
 
 def load_split(states, layout: grid.StateLayout, period) -> torch.Tensor:
@@ -106,14 +110,18 @@ def validation_scores(
     return {k: (v / len(starts) if starts else float("nan")) for k, v in sums.items()}
 
 
-def _epoch(net, opt, loader, weights, settings: TrainSettings, epoch: int, total: int, steps: int, on_step, amp: bool) -> list[float]:
-    """One pass over this rank's share of the windows in the sampler's seeded order; returns the batch losses."""
+def _epoch(net, opt, loader, weights, settings: TrainSettings, epoch: int, total: int, steps: int, on_step, amp: bool,
+           starts: PerturbedStarts | None = None) -> list[float]:
+    """One pass over this rank's share of the windows in the sampler's seeded order (starts perturbed by `starts`);
+    returns the batch losses."""
     device = weights.device
     per_epoch = len(loader)
     loader.sampler.set_epoch(epoch)
     net.train()
     losses = []
-    for i, (_, batch) in enumerate(loader):
+    for i, (index, batch) in enumerate(loader):
+        if starts is not None:
+            batch = starts(batch, index, epoch)
         for group in opt.param_groups:
             group["lr"] = checkpoint_io.warmup_cosine(settings.lr, settings.warmup_steps, epoch * per_epoch + i, total)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
@@ -178,6 +186,8 @@ def train(
         opt.load_state_dict(resumed["training"]["optimizer"])
         start_epoch, history = int(resumed["training"]["epoch"]), list(resumed["training"]["history"])
     model = parallel_training.wrap(net, world)
+    starts = (PerturbedStarts(settings.start_covariance, norm, settings.start_scale, settings.start_fraction, settings.seed)
+              if settings.start_covariance else None)
     weights = torch.as_tensor(grid.latitude_weights(lat), dtype=torch.float32, device=device)[:, None]
     total = settings.epochs * len(loader)
     amp = device.type == "cuda"
@@ -185,7 +195,7 @@ def train(
     for epoch in range(start_epoch, settings.epochs):
         t0 = time.perf_counter()
         steps = k if epoch >= settings.rollout_from_epoch else 1
-        losses = _epoch(model, opt, loader, weights, settings, epoch, total, steps, on_step, amp)
+        losses = _epoch(model, opt, loader, weights, settings, epoch, total, steps, on_step, amp, starts)
         loss = parallel_training.mean_over_ranks(float(np.mean(losses)), world)
         record = {"epoch": epoch + 1, "loss": loss}
         history.append(record)
