@@ -94,9 +94,10 @@ def bench_forecast(
     every_hours: int = typer.Option(12, help="Hours between forecast starts in the test split."),
     dynamical: bool = typer.Option(True, help="Include the dynamical core (perfect-model reference)."),
     perturbation: float = typer.Option(0.1, help="Dynamical core start: truth + noise of this x the 6-h increment std."),
+    leads: str = typer.Option("6,24,48", help="Forecast leads (h), e.g. 6,24,48,120."),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch's choice)."),
 ):
-    """WRMSE on the test split at 6/24/48 h: neural vs persistence, climatology, dynamical core; timing; 10-day check."""
+    """WRMSE on the test split at each lead: neural vs persistence, climatology, dynamical core; timing; 10-day check."""
     import torch
 
     from align_da_ops import grid
@@ -123,8 +124,10 @@ def bench_forecast(
         if cfg.nature_run is None:
             raise ConfigError("the dynamical-core reference needs the config's nature_run block (or --no-dynamical)")
         models["dynamical_core"] = DynamicalCoreModel(nr.build_core(cfg.nature_run, torch.device("cpu")), layout)
-    scores = benchmark.bench(models, states, layout, cfg.splits.test, every_hours, perturbed=("dynamical_core",),
-                             amplitude=perturbation)
+    from align_da_ops.diffusion.commands import _parse_ints
+
+    scores = benchmark.bench(models, states, layout, cfg.splits.test, every_hours, tuple(_parse_ints(leads, "--leads")),
+                             perturbed=("dynamical_core",), amplitude=perturbation)
     test = cfg.splits.test
     table = Table(title=f"WRMSE on the test split {test.start:%Y-%m-%d} .. {test.end:%Y-%m-%d} (every {every_hours} h; "
                         f"z500 m²/s², t850 K, u/v500 m/s); checkpoint {path.name} {neural.content_hash}")
