@@ -97,10 +97,11 @@ def _generators(n, offset=0):
     return [torch.Generator().manual_seed(offset + m) for m in range(n)]
 
 
-def test_analysis_is_seeded_per_member_and_dps_fits_the_observations(models):
+@pytest.mark.parametrize("jacobian", ["denoiser", "gaussian"])
+def test_analysis_is_seeded_per_member_and_dps_fits_the_observations(models, jacobian):
     interp, background, obs = _world(models)
     op = interp.prepare(obs)
-    dps = _method(models, guidance="dps")
+    dps = _method(models, guidance="dps", jacobian=jacobian)
     a = dps.analyse(background, obs, op, _generators(3))
     b = dps.analyse(background, obs, op, _generators(3))
     assert torch.equal(a.analysis, b.analysis) and a.members.shape == (3, *background.shape)
