@@ -39,7 +39,7 @@ returns the prior denoiser itself (so it equals ObsFree exactly).
     trajectory recovers the Kalman mean to ~13 % (tests/test_guidance_oracles.py);
     one backward pass through the network per evaluation. On the learned tiny
     prior it needs more sampler steps than the scalar: with 8 steps its best
-    analysis MSE is ~2 % worse, with 32 equal (4 validation cases, issue 13).
+    analysis MSE is ~2 % worse, with 32 within 0.3 % (4 validation cases, issue 13).
   - "gaussian": the scalar gamma mu / (sigma^2 + gamma mu^2), exact for a prior
     N(m, gamma I) only; no backward pass through the network. Under a correlated
     prior it drops B's spreading of the increment (relative error ~0.6 on the
