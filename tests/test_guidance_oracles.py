@@ -201,3 +201,13 @@ def test_the_trust_region_caps_the_guidance_term_of_either_jacobian(jacobian):
     assert torch.allclose(rms, torch.full((3,), 0.05), rtol=1e-4)
     loose = DPS(clip=1e9, jacobian=jacobian).wrap(prior, SCHEDULE, IdentityCodec(), term)(z, t)
     assert float((loose - eps).pow(2).mean(dim=(1, 2, 3)).sqrt().min()) > 0.05
+
+
+def test_benchmark_mode_names_choose_the_dps_jacobian():
+    from align_da_ops.diffusion.guidance import parse_mode
+
+    assert parse_mode("dps") == ("dps", "denoiser") and parse_mode("dps:gaussian") == ("dps", "gaussian")
+    assert parse_mode("obs_free") == ("obs_free", "denoiser")
+    assert guidance_of(*parse_mode("dps:gaussian")[:1], jacobian=parse_mode("dps:gaussian")[1]) == DPS(jacobian="gaussian")
+    with pytest.raises(ValueError, match="only dps"):
+        parse_mode("repaint:gaussian")

@@ -129,7 +129,8 @@ def align_command(
 def bench_alignment(
     config: Path = typer.Argument(Path("config/tiny.yaml")),
     priors: str = typer.Option("", help="name=path,... (default: the packaged unaligned, aligned-p and aligned-m priors)."),
-    guidance: str = typer.Option("obs_free,repaint,dps", help="Guidance modes."),
+    guidance: str = typer.Option("obs_free,repaint,dps", help="Guidance modes (dps: through the denoiser; dps:gaussian: "
+                                 "the scalar-Jacobian shortcut of the earlier results)."),
     seeds: int = typer.Option(3, help="Sampling seeds (mean and std over them)."),
     members: int = typer.Option(1, help="Ensemble members per analysis (the analysis is their mean)."),
     steps: int = typer.Option(32, help="Sampler steps."),
@@ -152,6 +153,7 @@ def bench_alignment(
     from align_da_ops.data.sources import normalization_path, open_states, read_normalization
     from align_da_ops.devices import resolve_device
     from align_da_ops.diffusion.checkpoint import load_prior, shipped_prior
+    from align_da_ops.diffusion.guidance import parse_mode
     from align_da_ops.obs.operators import GridInterpolator
 
     if threads:
@@ -180,7 +182,9 @@ def bench_alignment(
                                                 the_cases, [0], model, layout, norm, lat, lon, interp, on_case=tick)
         for mode in modes:
             for name, prior in loaded.items():
-                ld = LatentDiffusionConfig(guidance=mode, steps=steps, members=members, estimate=estimate, increment=increment)
+                kind, jacobian = parse_mode(mode)
+                ld = LatentDiffusionConfig(guidance=kind, jacobian=jacobian, steps=steps, members=members, estimate=estimate,
+                                           increment=increment)
                 factory = lambda ld=ld, prior=prior: LatentDiffusion(ld, ae, prior, ae.normalization.std)  # noqa: E731
                 rows[f"{mode} {name}"] = benchmark.evaluate(factory, the_cases, range(seeds), model, layout, norm, lat, lon,
                                                             interp, members=members, on_case=tick)

@@ -18,7 +18,7 @@ import torch
 
 from align_da_ops import grid
 from align_da_ops.diffusion.checkpoint import LatentPrior
-from align_da_ops.diffusion.guidance import ObservationTerm, guidance_of
+from align_da_ops.diffusion.guidance import ObservationTerm, guidance_of, parse_mode
 from align_da_ops.diffusion.network import LatentUNet, PriorArchitecture, latent_latitudes
 from align_da_ops.diffusion.samplers import Sampler
 from align_da_ops.diffusion.schedule import CosineSchedule
@@ -102,7 +102,9 @@ def _analysis(setup: Setup, sampler: Sampler, members: int, mode: str, dtype: st
     """One full analysis: encode, guided sampling of `members` in one batch, decode (bf16: under autocast)."""
     gens = [torch.Generator().manual_seed(m) for m in range(members)]
     with torch.autocast(setup.device.type, dtype=DTYPES[dtype], enabled=DTYPES[dtype] is not None):
-        setup.prior.sample(setup.autoencoder, setup.background, sampler, gens, guidance_of(mode), setup.term)[2].mean(0)
+        kind, jacobian = parse_mode(mode)
+        guidance = guidance_of(kind, jacobian=jacobian)
+        setup.prior.sample(setup.autoencoder, setup.background, sampler, gens, guidance, setup.term)[2].mean(0)
 
 
 def analysis_seconds(setup: Setup, sampler: Sampler, members: int, mode: str, dtype: str = "fp32") -> float:
@@ -187,7 +189,8 @@ def quality_vs_evaluations(config: Path, samplers, mode: str = "dps", n_cases: i
     interp = GridInterpolator(layout, lat, lon)
     rows = []
     for sampler in samplers:
-        ld = LatentDiffusionConfig(guidance=mode, steps=sampler.steps, corrections=sampler.corrections,
+        kind, jacobian = parse_mode(mode)
+        ld = LatentDiffusionConfig(guidance=kind, jacobian=jacobian, steps=sampler.steps, corrections=sampler.corrections,
                                    stochasticity=sampler.stochasticity, members=members)
         t0 = time.perf_counter()
         r = ab.evaluate(lambda ld=ld: LatentDiffusion(ld, ae, prior, ae.normalization.std), cases, [0], model, layout,

@@ -101,7 +101,8 @@ def bench_sampler(
     steps: str = typer.Option("4,8,16,32,64,128", help="Sampler steps to time."),
     members: str = typer.Option("1,8,32", help="Ensemble sizes to time."),
     corrections: int = typer.Option(0, help="Langevin corrections per step."),
-    guidance: str = typer.Option("obs_free,dps", help="Guidance modes (obs_free, repaint, dps)."),
+    guidance: str = typer.Option("obs_free,dps", help="Guidance modes (obs_free, repaint, dps; dps:gaussian = DPS with "
+                                 "the scalar-Jacobian shortcut of the earlier results)."),
     paper_scale: bool = typer.Option(False, help="Also time the paper's scale with random weights (on the GPU if present)."),
     paper_only: bool = typer.Option(False, help="Time only the paper-scale set-up (no packaged models, no quality)."),
     paper_grid: str = typer.Option("128x256x69", help="Paper-scale grid NLATxNLONxCHANNELS (smaller for dry runs)."),
@@ -165,7 +166,7 @@ def bench_sampler(
         from align_da_ops.diffusion.samplers import PAPER, Sampler
 
         samplers = [Sampler(k) for k in steps_list if k <= 64] + [Sampler(32, 1), PAPER]
-        rows = benchmark.quality_vs_evaluations(config, samplers)
+        rows = benchmark.quality_vs_evaluations(config, samplers, next((m for m in modes if m.startswith("dps")), "dps"))
         table = Table(title="DPS analysis quality against network evaluations (6 held-out cases, 48-h backgrounds, "
                             "1 % mask noise-free, 4 members; normalised MSE, z500 WRMSE m²/s²)")
         for col in ("steps", "corrections", "network evals", "mse (norm.)", "z500", "s / analysis"):

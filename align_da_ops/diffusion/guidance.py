@@ -184,6 +184,15 @@ class DPS:
         return guided
 
 
+def parse_mode(mode: str) -> tuple[str, str]:
+    """A benchmark's guidance name -> (kind, DPS jacobian): "dps" is the literature's DPS, "dps:gaussian" the
+    scalar shortcut (the one the README's earlier DPS numbers used)."""
+    kind, _, jacobian = mode.partition(":")
+    if jacobian and kind != "dps":
+        raise ValueError(f"only dps takes a jacobian; got {mode!r}")
+    return kind, jacobian or "denoiser"
+
+
 def guidance_of(kind: str, strength: float = 1.0, gamma: float = 1.0, clip: float = 1.0, jacobian: str = "denoiser"):
     """The guidance mode named `kind` (obs_free | repaint | dps); `jacobian` is DPS's (denoiser | gaussian)."""
     if kind == "obs_free":
