@@ -121,9 +121,23 @@ def analysis_flops(setup: Setup, sampler: Sampler, members: int, mode: str, dtyp
     and the backward passes of the guidance): the numerator of the achieved-FLOP/s comparison with the peak."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _GlobalOnly()  # its per-module backward hooks break autograd.grad through the prior (DPS)
+    with counter:
         _analysis(setup, sampler, members, mode, dtype)
     return int(counter.get_total_flops())
+
+
+class _GlobalOnly:
+    """Stands in for FlopCounterMode's module tracker: every count goes to "Global" only."""
+
+    parents = ("Global",)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 def time_sampler(setup: Setup, steps, members, corrections: int, modes, dtypes=("fp32",), flops: bool = False) -> list[dict]:
