@@ -377,14 +377,14 @@ def nmc_cmd(
     """Estimate a spectral B by the NMC method with the campaign's forecast model (for 3D-Var's `covariance`)."""
     from align_da_ops.analysis.nmc import nmc_covariance, nmc_valid_times
     from align_da_ops.campaign import load_campaign
-    from align_da_ops.data.sources import layout_of, open_states
+    from align_da_ops.data.sources import layout_of, training_trajectory
     from align_da_ops.devices import resolve_device
     from align_da_ops.wiring import build_model
 
     camp, experiment = load_campaign(campaign)
     device = resolve_device(experiment.device)
     layout = layout_of(experiment)
-    states = open_states(experiment)
+    states = training_trajectory(experiment)
     train = experiment.splits.train
     times = nmc_valid_times(states, train.start, train.end, long_hours, samples)
     model = build_model(camp, experiment, layout, device)

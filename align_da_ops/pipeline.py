@@ -50,7 +50,7 @@ def run_chain(config_path: Path, cfg: ExperimentConfig, workdir: Path, settings:
     from align_da_ops.align.dpo import AlignSettings, align
     from align_da_ops.campaign import CampaignConfig
     from align_da_ops.data import nature_run as nr
-    from align_da_ops.data.sources import layout_of, normalization_path, open_states, read_normalization
+    from align_da_ops.data.sources import layout_of, normalization_path, read_normalization, training_trajectory
     from align_da_ops.devices import resolve_device
     from align_da_ops.diffusion.checkpoint import load_prior
     from align_da_ops.diffusion.training import PriorSettings, train_prior
@@ -90,7 +90,7 @@ def run_chain(config_path: Path, cfg: ExperimentConfig, workdir: Path, settings:
     train_prior(cfg, paths["prior"], ae, model, ps, device)
     prior = load_prior(paths["prior"], ae.content_hash, device)
     say("5/7 preference data (-M)")
-    states = open_states(cfg)
+    states = training_trajectory(cfg)
     pset = prefs.PreferenceSettings(variant="m", samples=settings.samples, every_hours=settings.every_hours,
                                     lead_hours=6 if quick else 48, forecast_hours=6 if quick else 48,
                                     steps=settings.steps if quick else 16, quantile=0.1, min_side=1 if quick else 2)

@@ -229,3 +229,18 @@ def test_splits_over_trajectories_are_validated(trajectories):
     bad(lambda r: r["splits"]["train"].update(members=[0, 3]), "distinct members")
     bad(lambda r: r["splits"]["validation"].update(members=[1]), "same trajectory|scored against data.member")
     bad(lambda r: r["data"].update(member=5), "data.member=5")
+
+
+def test_single_trajectory_training_work_reads_a_training_member(trajectories, setup):
+    """NMC pairs and preference cases read the first training member, never the held-out `data.member`."""
+    from align_da_ops.data.sources import training_trajectory
+
+    cfg, _ = trajectories
+    t0 = {"time": 0}
+    np.testing.assert_array_equal(training_trajectory(cfg)["temperature"].isel(t0).values,
+                                  open_states(cfg, 0)["temperature"].isel(t0).values)
+    assert not np.array_equal(training_trajectory(cfg)["temperature"].isel(t0).values,
+                              open_states(cfg)["temperature"].isel(t0).values)
+    plain = setup[0]  # no members listed: data.member's trajectory
+    np.testing.assert_array_equal(training_trajectory(plain)["temperature"].isel(t0).values,
+                                  open_states(plain)["temperature"].isel(t0).values)

@@ -75,7 +75,7 @@ def align_command(
     from align_da_ops.align.dpo import AlignSettings, align, summary
     from align_da_ops.archive import Archive
     from align_da_ops.config import load_config
-    from align_da_ops.data.sources import open_states
+    from align_da_ops.data.sources import open_states, training_trajectory
     from align_da_ops.devices import resolve_device
     from align_da_ops.diffusion import checkpoint as prior_io
 
@@ -99,7 +99,7 @@ def align_command(
             cases = list(prefs.cases_from_archive(Archive.open(from_archive), states, layout, psettings))
         else:
             train = cfg.splits.train
-            cases = list(prefs.cases_from_states(states, layout, model, train.start, train.end, psettings))
+            cases = list(prefs.cases_from_states(training_trajectory(cfg), layout, model, train.start, train.end, psettings))
         from align_da_ops.cluster import client_for
 
         with client_for(len(cases), workers, threads, scheduler) as client, \

@@ -57,6 +57,13 @@ def open_states(cfg: ExperimentConfig, member: int | None = None) -> xr.Dataset:
     return ds
 
 
+def training_trajectory(cfg: ExperimentConfig) -> xr.Dataset:
+    """The trajectory that single-trajectory training work reads over the train split (NMC pairs, preference
+    cases): the first of `splits.train.members`, else `data.member`'s (so it never reads a held-out one)."""
+    members = cfg.splits.train.members
+    return open_states(cfg, members[0] if members else None)
+
+
 def open_split_trajectories(cfg: ExperimentConfig, period) -> xr.Dataset:
     """The trajectories a split reads, lazily: `open_states(cfg)` when the split lists no members, else its
     members stacked along `member` (not cut to the split's times)."""
