@@ -76,6 +76,7 @@ def launch(device: torch.device) -> Iterator[World]:
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
     try:
         yield World(rank, world_size, local_rank, device)
+        dist.barrier()  # every rank done before teardown: gloo aborts a process whose peers tear down under it
     finally:
         dist.destroy_process_group()
 
