@@ -11,10 +11,6 @@
 
 from __future__ import annotations
 
-import json
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +21,7 @@ import torch
 import xarray as xr
 
 from align_da_ops import grid
+from align_da_ops.peak_memory import in_fresh_process, peak_rss_mib, serve
 
 LAYOUT = grid.StateLayout(upper_air=("geopotential", "temperature", "u_component_of_wind", "v_component_of_wind"),
                           surface=("surface_pressure",), levels=(250, 500, 850))
@@ -140,12 +137,12 @@ def _score_in_process(archive: str, truth: str, block_cycles: int) -> dict:
     from align_da_ops.archive import Archive
     from align_da_ops.evaluation import archive_scores
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = peak_rss_mib()
     opened = Archive.open(Path(archive))
     states = xr.open_zarr(truth, consolidated=False)
     t0 = time.perf_counter()
     table = archive_scores(opened, states, "synthetic", block_cycles=block_cycles or len(opened.done_cycles()))
-    return {"baseline_mib": before, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    return {"baseline_mib": before, "peak_mib": peak_rss_mib(),
             "rows": len(table), "seconds": time.perf_counter() - t0}
 
 
@@ -160,12 +157,11 @@ def verification_memory(lengths=(120, 1460), workdir: Path | None = None) -> lis
             root.mkdir()
             archive, truth = write_synthetic(root, n)
             for mode, block in (("blocks", VERIFY_BLOCK_CYCLES), ("whole", 0)):
-                done = subprocess.run([sys.executable, "-m", "align_da_ops.scaling_bench", str(archive), str(truth), str(block)],
-                                      check=True, capture_output=True, text=True)
-                result = json.loads(done.stdout.strip().splitlines()[-1])
+                result = in_fresh_process("align_da_ops.scaling_bench",
+                                          {"archive": str(archive), "truth": str(truth), "block_cycles": block})
                 rows.append({"cycles": n, "read": mode, **result, "added_mib": result["peak_mib"] - result["baseline_mib"]})
     return rows
 
 
-if __name__ == "__main__":
-    print(json.dumps(_score_in_process(sys.argv[1], sys.argv[2], int(sys.argv[3]))))
+if __name__ == "__main__":  # one measurement, as `verification_memory` runs it
+    serve(_score_in_process)

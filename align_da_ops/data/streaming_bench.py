@@ -20,10 +20,6 @@ while the split grows; loaded, it grows with the split. No timing is asserted.
 
 from __future__ import annotations
 
-import json
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import timedelta
@@ -37,6 +33,7 @@ from align_da_ops import grid
 from align_da_ops.config import ExperimentConfig, load_config
 from align_da_ops.data.sources import layout_of, normalization_path, read_normalization, write_normalization
 from align_da_ops.data.streaming import ChunkShuffleSampler, StateWindows, split_positions, window_loader
+from align_da_ops.peak_memory import in_fresh_process, peak_rss_mib, serve
 
 PIPELINES = ("streamed", "loaded")
 
@@ -71,10 +68,6 @@ def synthetic_store(cfg: ExperimentConfig, factor: int, path: Path) -> Experimen
     return ExperimentConfig.model_validate(raw)
 
 
-def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 def _epoch(cfg: ExperimentConfig, pipeline: str, batch_size: int, steps: int, workers: int) -> dict:
     """One epoch of batches in this process; the row of the module doc."""
     norm = read_normalization(normalization_path(cfg))
@@ -92,22 +85,23 @@ def _epoch(cfg: ExperimentConfig, pipeline: str, batch_size: int, steps: int, wo
         order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(0))
         batches = (windows[order[i : i + batch_size]] for i in range(0, len(windows), batch_size))
         n_states = x.shape[0]
-    baseline = _rss_mib()
+    baseline = peak_rss_mib()
     t0 = time.perf_counter()
     count = sum(len(b) for b in batches)
     state_mib = layout_of(cfg).n_channels * cfg.state.grid.nlat * cfg.state.grid.nlon * 4 / 2**20
     return {"pipeline": pipeline, "states": n_states, "windows": count, "split_mib": round(n_states * state_mib, 1),
-            "baseline_rss_mib": round(baseline, 1), "peak_rss_mib": round(_rss_mib(), 1),
+            "baseline_rss_mib": round(baseline, 1), "peak_rss_mib": round(peak_rss_mib(), 1),
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def _measure(cfg: ExperimentConfig, pipeline: str, batch_size: int, steps: int, workers: int) -> dict:
     """`_epoch` in a fresh Python process (its own peak RSS)."""
-    job = json.dumps({"config": cfg.model_dump(mode="json"), "pipeline": pipeline, "batch_size": batch_size,
-                      "steps": steps, "workers": workers})
-    res = subprocess.run([sys.executable, "-m", "align_da_ops.data.streaming_bench"], input=job, capture_output=True,
-                         text=True, check=True)
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return in_fresh_process("align_da_ops.data.streaming_bench", {"config": cfg.model_dump(mode="json"), "pipeline": pipeline,
+                                       "batch_size": batch_size, "steps": steps, "workers": workers})
+
+
+def _job(config: dict, **job) -> dict:
+    return _epoch(ExperimentConfig.model_validate(config), **job)
 
 
 def run(config: Path | ExperimentConfig = Path("config/tiny.yaml"), factors=(1, 8), pipelines=PIPELINES,
@@ -123,7 +117,5 @@ def run(config: Path | ExperimentConfig = Path("config/tiny.yaml"), factors=(1, 
     return {"config": cfg.name, "batch_size": batch_size, "rollout_steps": rollout_steps, "workers": workers, "rows": rows}
 
 
-if __name__ == "__main__":  # one measurement, as `_measure` runs it: a JSON job on stdin, the row on stdout
-    job = json.loads(sys.stdin.read())
-    cfg = ExperimentConfig.model_validate(job.pop("config"))
-    print(json.dumps(_epoch(cfg, **job)))
+if __name__ == "__main__":  # one measurement, as `_measure` runs it
+    serve(_job)
