@@ -158,6 +158,7 @@ def build_context(campaign: CampaignConfig, experiment: ExperimentConfig) -> Cyc
         "config_hash": config_hash(experiment),
         "campaign_hash": config_hash(campaign),
         "experiment_file": str(Path(campaign.config).resolve()),  # where `report`/`inspect` find the truth
+        "data": experiment.data.model_dump(mode="json"),  # the trajectory cycled against (`diffusion.cycled_pairs`)
         "code_version": align_da_ops.__version__,
         "torch_version": torch.__version__,
         "device": str(device),

@@ -155,7 +155,9 @@ def test_prior_pairs_written_block_by_block_are_the_pairs_of_the_whole_split(set
 
     cfg, _, _ = setup
     monkeypatch.setattr(prior_training, "PAIR_BLOCK", 2)  # three blocks of starts over the 6-state split
-    rows = prior_training.write_latent_pairs(cfg, cfg.splits.train, Subsample(), Persistence(), (6, 12), tmp_path / "p.zarr")
+    store = prior_training.PairStore(tmp_path / "p.zarr")
+    assert prior_training.add_forecast_pairs(cfg, cfg.splits.train, Subsample(), Persistence(), (6, 12), store) == 9
+    rows = store.rows()
     x = load_split(open_states(cfg), layout_of(cfg), cfg.splits.train)
     whole = [Subsample().encode(p) for p in prior_training.forecast_pairs(x, Persistence(), (6, 12))]
     assert len(rows) == len(whole[0]) == 5 + 4

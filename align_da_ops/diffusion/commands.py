@@ -46,8 +46,18 @@ def train_prior(
     threads: int = typer.Option(0, help="torch CPU threads (0: torch's choice)."),
     workers: int = typer.Option(0, help="DataLoader worker processes reading the pairs (per torchrun process)."),
     export: Optional[Path] = typer.Option(None, help="Also write an inference-only copy here."),
+    from_archive: list[Path] = typer.Option([], "--from-archive", help="Cycling archive whose backgrounds and the truth "
+                                            "make pairs (repeatable): its done cycles in the train and validation "
+                                            "splits, on their trajectories; never the test period."),
+    forecast_pairs: Optional[bool] = typer.Option(None, "--forecast-pairs/--no-forecast-pairs", help="Also train on "
+                                                  "truth-started forecasts at --leads (default: only without --from-archive)."),
+    init: Optional[Path] = typer.Option(None, help="Start from this prior's weights (fine-tuning; its architecture is kept)."),
 ):
     """Train (or resume) the background-conditioned latent prior by denoising score matching.
+
+    Pairs are (background, truth): by default the forecast model's forecasts of the nature run at --leads;
+    with --from-archive the backgrounds that cycling campaigns archived (the errors the prior meets while
+    cycling), with --forecast-pairs both.
 
     Data-parallel on several processes when launched by torchrun
     (`torchrun --standalone --nproc_per_node N -m align_da_ops.cli train prior ...`); rank 0 writes.
@@ -73,11 +83,15 @@ def train_prior(
     settings = PriorSettings(epochs=epochs, batch_size=batch_size, lr=lr, width=width, blocks=blocks, levels=levels,
                              leads=_parse_ints(leads, "--leads"), seed=seed)
     target = output or default_prior(cfg.name)
+    use_forecasts = not from_archive if forecast_pairs is None else forecast_pairs
+    if not use_forecasts and not from_archive:
+        raise typer.BadParameter("no training pairs: --no-forecast-pairs needs --from-archive", param_hint="--forecast-pairs")
+    pair_options = {"archives": tuple(from_archive), "forecast_pairs": use_forecasts, "init": init}
     with parallel_training.launch(resolve_device(cfg.device)) as world:
         ae = load_autoencoder(autoencoder or shipped_checkpoint(cfg.name), layout.channels, nlat, nlon, world.device)
         model = load_model(forecast or shipped_forecast(cfg.name), layout.channels, nlat, nlon, world.device)
         if not world.is_main:
-            run(cfg, target, ae, model, settings, world=world, workers=workers)
+            run(cfg, target, ae, model, settings, world=world, workers=workers, **pair_options)
             return
         with progress_bar("epoch") as bar:
 
@@ -88,8 +102,11 @@ def train_prior(
                 if r["epoch"] % 10 == 0 or r["epoch"] == epochs:
                     bar.print(f"epoch {r['epoch']:4d}  loss {r['loss']:.4f}  validation {r['val_loss']:.4f}  {r['seconds']:.1f} s")
 
-            history = run(cfg, target, ae, model, settings, on_step=on_step, on_epoch=on_epoch, world=world, workers=workers)
+            history = run(cfg, target, ae, model, settings, on_step=on_step, on_epoch=on_epoch, world=world, workers=workers,
+                          **pair_options)
     ckpt = prior_io.read(target)
+    counts = ckpt["lineage"]["pairs"]["counts"]
+    out.print("pairs: " + "; ".join(f"{split} " + ", ".join(f"{n} from {k}" for k, n in c.items()) for split, c in counts.items()))
     out.print(f"wrote {target} (hash {ckpt['content_hash']}, autoencoder {ckpt['autoencoder']}, {len(history)} epochs, "
               f"{sum(r['seconds'] for r in history):.0f} s; validation DSM loss {history[-1]['val_loss']:.4f})")
     if export is not None:

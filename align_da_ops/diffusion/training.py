@@ -37,7 +37,7 @@ import dataclasses
 import json
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -56,9 +56,10 @@ from align_da_ops.data.streaming import (
     window_loader,
 )
 from align_da_ops.diffusion import checkpoint as prior_io
+from align_da_ops.diffusion import cycled_pairs
 from align_da_ops.diffusion.network import LatentUNet, PriorArchitecture, latent_latitudes
 from align_da_ops.diffusion.schedule import CosineSchedule
-from align_da_ops.errors import CheckpointError, SchemaError
+from align_da_ops.errors import CheckpointError, InputDataError, SchemaError
 
 PAIR_BLOCK = 16  # forecast starts rolled out together while the pairs are written
 PAIR_CHUNK = 64  # pairs per Zarr chunk of the temporary pair stores
@@ -108,25 +109,55 @@ def encode_all(autoencoder, x: torch.Tensor, batch: int = 64) -> torch.Tensor:
     return torch.cat([autoencoder.encode(x[i : i + batch].to(autoencoder.device)).cpu() for i in range(0, len(x), batch)])
 
 
-def write_latent_pairs(cfg: ExperimentConfig, period, autoencoder, model, leads, path: Path) -> ZarrRows:
-    """Every (background, truth) pair of the split `period` (`forecast_pairs` of the whole split, trajectory by
-    trajectory), encoded, into the Zarr group at `path` (arrays `PAIRS`, (pair, Cz, lat/f, lon/f) float32),
-    `PAIR_BLOCK` starts at a time."""
+class PairStore:
+    """Encoded (background, truth) pairs appended to the Zarr group at `path` (arrays `PAIRS`,
+    (pair, Cz, lat/f, lon/f) float32, chunks of `PAIR_CHUNK` pairs), read back as `ZarrRows`."""
+
+    def __init__(self, path: Path):
+        self.path, self.group, self.arrays = Path(path), zarr.open_group(path, mode="w"), None
+
+    def append(self, autoencoder, backgrounds: torch.Tensor, truths: torch.Tensor) -> None:
+        """Encode physical (n, C, lat, lon) backgrounds and truths and append them."""
+        encoded = [encode_all(autoencoder, x) for x in (backgrounds, truths)]
+        if self.arrays is None:
+            shape = encoded[0].shape[1:]
+            self.arrays = [self.group.create_array(name, shape=(0, *shape), chunks=(PAIR_CHUNK, *shape), dtype="float32")
+                           for name in PAIRS]
+        for array, z in zip(self.arrays, encoded):
+            array.append(z.numpy())
+
+    def __len__(self) -> int:
+        return 0 if self.arrays is None else self.arrays[0].shape[0]
+
+    def rows(self) -> ZarrRows:
+        return ZarrRows(self.path, PAIRS)
+
+
+def add_forecast_pairs(cfg: ExperimentConfig, period, autoencoder, model, leads, store: PairStore) -> int:
+    """Append every truth-started (background, truth) pair of the split `period` (`forecast_pairs` of the whole
+    split, trajectory by trajectory, `PAIR_BLOCK` starts at a time); returns the number of pairs added."""
     states = StateWindows(cfg, period, 0)  # physical units
-    steps, group, arrays = max(leads) // 6, zarr.open_group(path, mode="w"), None
+    steps, before = max(leads) // 6, len(store)
     starts = range(0, states.n_states - min(leads) // 6, PAIR_BLOCK)
     for member, a in ((m, a) for m in range(len(states.members)) for a in starts):
         x = states.states(a, min(a + PAIR_BLOCK + steps, states.n_states), member)
-        encoded = [encode_all(autoencoder, part) for part in forecast_pairs(x, model, leads, PAIR_BLOCK)]
-        if arrays is None:
-            shape = encoded[0].shape[1:]
-            arrays = [group.create_array(name, shape=(0, *shape), chunks=(PAIR_CHUNK, *shape), dtype="float32")
-                      for name in PAIRS]
-        for array, z in zip(arrays, encoded):
-            array.append(z.numpy())
-    if arrays is None:
+        store.append(autoencoder, *forecast_pairs(x, model, leads, PAIR_BLOCK))
+    if len(store) == before:
         raise SchemaError(f"a series of {states.n_states} states is too short for leads {tuple(leads)}")
-    return ZarrRows(path, PAIRS)
+    return len(store) - before
+
+
+def add_archive_pairs(cfg: ExperimentConfig, split: str, archives, autoencoder, store: PairStore) -> int:
+    """Append the cycled (background, truth) pairs of `split` from cycling archives (`cycled_pairs`); returns
+    the number added (InputDataError when the archives hold no cycle of the split)."""
+    before = len(store)
+    for backgrounds, truths in cycled_pairs.archive_pairs(cfg, split, archives):
+        store.append(autoencoder, backgrounds, truths)
+    if len(store) == before:
+        period = getattr(cfg.splits, split)
+        raise InputDataError(f"no archive of {[str(a) for a in archives]} holds a done cycle of the {split} split "
+                             f"({period.start:%Y-%m-%d}..{period.end:%Y-%m-%d}) on its trajectory; cycle one over it")
+    return len(store) - before
 
 
 class DenoisingLoss(torch.nn.Module):
@@ -193,19 +224,39 @@ def train_prior(
     on_epoch: Callable[[dict], None] | None = None,
     world: parallel_training.World | None = None,
     workers: int = 0,
+    archives: Sequence[Path] = (),
+    forecast_pairs: bool = True,
+    init: Path | None = None,
 ) -> list[dict]:
     """Train (or resume) the prior into `output`; returns the per-epoch history.
 
-    `world`: this process's rank under torchrun (`parallel_training.launch`; default one process on `device`);
-    `settings.batch_size` is the global batch. `workers`: DataLoader worker processes per rank.
+    Pairs of each split: the truth-started forecasts of `forecast_model` at `settings.leads` (`forecast_pairs`)
+    and/or the cycled backgrounds of the cycling `archives` (`cycled_pairs`); the residual scale is their
+    error std, so it matches whichever backgrounds the prior is trained on. `init`: a prior checkpoint whose
+    EMA weights start the training (fine-tuning; its architecture is kept). `world`: this process's rank
+    under torchrun (`parallel_training.launch`; default one process on `device`); `settings.batch_size` is
+    the global batch. `workers`: DataLoader worker processes per rank.
     """
+    if not forecast_pairs and not archives:
+        raise ValueError("no training pairs: give cycling archives or keep the truth-started forecast pairs")
     world = world or parallel_training.single(device)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.pairs-", dir=output.parent) as tmp:
-        train, val = (write_latent_pairs(cfg, getattr(cfg.splits, split), autoencoder, forecast_model, settings.leads,
-                                         Path(tmp) / f"{split}.zarr") for split in ("train", "validation"))
-        return _fit(cfg, output, autoencoder, forecast_model, train, val, settings, world, on_step, on_epoch, workers)
+        stores, sources = [], {}
+        for split in ("train", "validation"):
+            store, counts = PairStore(Path(tmp) / f"{split}.zarr"), {}
+            if forecast_pairs:
+                counts["forecasts"] = add_forecast_pairs(cfg, getattr(cfg.splits, split), autoencoder, forecast_model,
+                                                         settings.leads, store)
+            if archives:
+                counts["archives"] = add_archive_pairs(cfg, split, archives, autoencoder, store)
+            stores.append(store.rows())
+            sources[split] = counts
+        pairs = {"forecast_leads": list(settings.leads) if forecast_pairs else [],
+                 "archives": [str(Path(a).resolve()) for a in archives], "counts": sources}
+        return _fit(cfg, output, autoencoder, forecast_model, *stores, settings, world, on_step, on_epoch, workers,
+                    pairs, init)
 
 
 def _epoch(loss_of, net, ema, opt, loader, scale, settings: PriorSettings, epoch: int, total: int, device,
@@ -238,27 +289,41 @@ def _epoch(loss_of, net, ema, opt, loader, scale, settings: PriorSettings, epoch
 
 
 def _fit(cfg, output: Path, autoencoder, forecast_model, train: ZarrRows, val: ZarrRows, settings: PriorSettings,
-         world: parallel_training.World, on_step, on_epoch, workers: int) -> list[dict]:
+         world: parallel_training.World, on_step, on_epoch, workers: int, pairs: dict, init: Path | None) -> list[dict]:
     device = world.device
     lat = open_states(cfg)[grid.LAT].values
     scale = channel_std(z - z_b for _, z_b, z in window_loader(train, 64)).float().clamp_min(1e-3)[:, None, None]
     shape = train[0][1].shape
     factor = cfg.state.grid.nlat // shape[-2]
-    arch = PriorArchitecture(shape[0], settings.width, settings.blocks, settings.levels)
+    start_from = prior_io.read(init) if init is not None else None
+    if start_from is not None and start_from["autoencoder"] != autoencoder.content_hash:
+        raise CheckpointError(f"--init {init} models another autoencoder's latents ({start_from['autoencoder']})")
+    if start_from is not None and list(start_from["latent_shape"]) != list(shape):
+        raise CheckpointError(f"--init {init} models latents of shape {start_from['latent_shape']}, these are {list(shape)}")
+    arch = (PriorArchitecture(**start_from["architecture"]) if start_from is not None
+            else PriorArchitecture(shape[0], settings.width, settings.blocks, settings.levels))
     schedule = CosineSchedule(settings.eta)
     torch.manual_seed(settings.seed)
     net = LatentUNet(arch, latent_latitudes(lat, factor), settings.eta).to(device)
     ema = LatentUNet(arch, latent_latitudes(lat, factor), settings.eta).to(device)
+    if start_from is not None:
+        net.load_state_dict(start_from["state_dict"])
     ema.load_state_dict(net.state_dict())
     opt = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     meta = prior_meta(cfg, autoencoder, getattr(forecast_model, "content_hash", ""), latent_latitudes(lat, factor),
-                      shape, settings, {"kind": "dsm", "reference": "", "preference_data": "", "settings": {}})
+                      shape, settings, {"kind": "dsm", "reference": "", "preference_data": "", "settings": {},
+                                        "pairs": pairs, "init": start_from["content_hash"] if start_from else ""})
     meta["residual_scale"] = [float(v) for v in scale.flatten()]
+    meta["leads"] = pairs["forecast_leads"]
     start, history = 0, []
     if output.exists():
         old = prior_io.read(output)
         if old["config_hash"] != meta["config_hash"] or old["autoencoder"] != meta["autoencoder"] or old["architecture"] != arch.to_dict():
             raise CheckpointError(f"{output} was trained with another config, autoencoder or architecture; give another --output")
+        before = old["lineage"].get("pairs") or {"forecast_leads": old["leads"], "archives": []}  # before cycled pairs
+        if {k: before.get(k) for k in ("forecast_leads", "archives")} != {k: pairs[k] for k in ("forecast_leads", "archives")}:
+            raise CheckpointError(f"{output} was trained on other pairs (leads/archives {before.get('forecast_leads')}, "
+                                  f"{before.get('archives')}); give another --output")
         checkpoint_io.check_resumable(old, meta["config_hash"], output)
         net.load_state_dict(old["training"]["weights"])
         ema.load_state_dict(old["state_dict"])
