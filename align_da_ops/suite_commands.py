@@ -35,10 +35,19 @@ def _progress(run, i: int, n: int) -> None:
     err.print(f"[{i + 1}/{n}] {c.name}: {c.first} .. {c.last} -> {c.archive}")
 
 
+def _on_networks(runs: list, suite, networks: list[str]) -> list:
+    """The runs on `networks` (all when empty); an unknown name is a usage error."""
+    known = [n.name for n in suite.networks]
+    if unknown := sorted(set(networks) - set(known)):
+        raise typer.BadParameter(f"unknown network {unknown}; this suite has {known}", param_hint="--network")
+    return [r for r in runs if not networks or r.network in networks]
+
+
 @suite_app.command("tune")
 def tune_cmd(
     suite_file: Path = typer.Argument(..., help="Suite YAML (cycles/*.suite.yaml)."),
     method: list[str] = typer.Option([], "--method", "-m", help="Only these methods (repeatable)."),
+    network: list[str] = typer.Option([], "--network", "-n", help="Only these observing networks (repeatable)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="CSV (default ARCHIVE_ROOT/validation/tuning.csv)."),
     workers: int = typer.Option(0, min=0, help=WORKERS_HELP),
     threads: int = typer.Option(0, min=0, help=THREADS_HELP),
@@ -52,7 +61,7 @@ def tune_cmd(
     from align_da_ops.suite_scores import tuning_table
 
     suite, experiment = load_suite(suite_file)
-    runs = tuning_runs(suite, experiment, method or None)
+    runs = _on_networks(tuning_runs(suite, experiment, method or None), suite, network)
     if not runs:
         out.print("no method of this suite has a sweep")
         return
@@ -76,6 +85,7 @@ def tune_cmd(
 def run_cmd(
     suite_file: Path = typer.Argument(..., help="Suite YAML (cycles/*.suite.yaml)."),
     method: list[str] = typer.Option([], "--method", "-m", help="Only these methods (repeatable)."),
+    network: list[str] = typer.Option([], "--network", "-n", help="Only these observing networks (repeatable)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Report directory (default ARCHIVE_ROOT/report)."),
     score_only: bool = typer.Option(False, help="Score what the archives hold; run nothing."),
     workers: int = typer.Option(0, min=0, help=WORKERS_HELP + "; the archives are scored the same way"),
@@ -89,7 +99,7 @@ def run_cmd(
     from align_da_ops.suite_scores import collect, compare_methods, summarise
 
     suite, experiment = load_suite(suite_file)
-    runs = scoring_runs(suite, experiment, method or None)
+    runs = _on_networks(scoring_runs(suite, experiment, method or None), suite, network)
     with client_for(len(distinct_runs(runs)), workers, threads, scheduler) as client:
         if not score_only:
             execute(runs, _progress, client)

@@ -151,6 +151,22 @@ def test_suite_smoke_run_tunes_scores_and_reports(world, tmp_path):
     assert "3dvar vs free" in text.getvalue() and "z500 RMSE (m²/s²)" in text.getvalue()
 
 
+def test_network_filter_keeps_only_the_named_networks_runs(world, tmp_path):
+    import typer
+
+    from align_da_ops.suite_commands import _on_networks
+
+    path = tmp_path / "smoke.suite.yaml"
+    path.write_text(yaml.safe_dump(_suite_dict(world)))
+    suite, experiment = load_suite(path)
+    runs = scoring_runs(suite, experiment)
+    mask = _on_networks(runs, suite, ["mask"])
+    assert {r.network for r in runs} == {"mask", "stations"} and {r.network for r in mask} == {"mask"}
+    assert len(mask) == sum(r.network == "mask" for r in runs) and _on_networks(runs, suite, []) == runs
+    with pytest.raises(typer.BadParameter, match="unknown network .'radar'."):
+        _on_networks(runs, suite, ["radar"])
+
+
 # -- statistics -------------------------------------------------------------------------------------
 def test_block_indices_are_runs_of_consecutive_cycles():
     rng = np.random.default_rng(0)
