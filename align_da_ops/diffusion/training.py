@@ -8,7 +8,10 @@ d = (z - z_b) / scale (scale: its per-channel std over the training pairs),
 conditioned on z_b, so it learns p(z | z_b) under the
 forecast model's real error growth; mixing leads from 6 h to 3 days spans the
 background errors met while cycling with sparse observations (a cycled
-background is a 6-h forecast from an imperfect analysis).
+background is a 6-h forecast from an imperfect analysis). Those errors are still
+smaller than a cycled background's, so pairs can instead (or also) come from
+cycling archives (`archives`, `diffusion.cycled_pairs`: each done cycle's archived
+background and the truth), which gives the prior the errors it meets while cycling.
 
 Loss: denoising score matching of the preconditioned network (`LatentUNet.loss`,
 the eps error weighted by 1 + sigma^2/mu^2), t ~ U(0, 1), AdamW
