@@ -1,7 +1,7 @@
 """Checkpoints of the latent prior (unaligned or aligned), on `align_da_ops.checkpoint_io`.
 
 Metadata (all hashed): config (experiment JSON), config_hash, architecture
-(PriorArchitecture), latent_shape (Cz, h, w), latent_latitudes, schedule {eta},
+(PriorArchitecture.to_dict: a U-Net's has no `kind`), latent_shape (Cz, h, w), latent_latitudes, schedule {eta},
 autoencoder (content hash of the autoencoder whose latents it models),
 residual_scale (per latent channel: the prior models d = (z - z_b) / scale, the
 background's latent error, standardised),
@@ -21,7 +21,9 @@ import numpy as np
 import torch
 
 from align_da_ops import checkpoint_io
+from align_da_ops.diffusion.dit import LatentDiT
 from align_da_ops.diffusion.network import Conditioned, LatentUNet, PriorArchitecture
+from align_da_ops.diffusion.preconditioning import PreconditionedPrior
 from align_da_ops.diffusion.schedule import CosineSchedule
 from align_da_ops.errors import CheckpointError
 
@@ -38,7 +40,12 @@ def shipped_prior(experiment_name: str, variant: str = "") -> Path:
     return SHIPPED_DIR / (f"prior-{experiment_name}-{variant}.pt" if variant else f"prior-{experiment_name}.pt")
 
 
-def build_checkpoint(net: LatentUNet, meta: dict, training=None) -> dict:
+def build_network(arch: PriorArchitecture, latent_latitudes, eta: float = 1e-3) -> PreconditionedPrior:
+    """The prior network of `arch.kind` ("unet": LatentUNet, "dit": LatentDiT), freshly initialised."""
+    return (LatentDiT if arch.kind == "dit" else LatentUNet)(arch, np.asarray(latent_latitudes), eta)
+
+
+def build_checkpoint(net: PreconditionedPrior, meta: dict, training=None) -> dict:
     """`meta` holds every META_KEYS entry but format and architecture."""
     full = {**meta, "architecture": net.arch.to_dict()}
     return checkpoint_io.assemble(FORMAT, full, net, META_KEYS, training)
@@ -48,12 +55,12 @@ def read(path: Path) -> dict:
     return checkpoint_io.read(path, FORMAT, META_KEYS, "train one with `align-da train prior CONFIG`")
 
 
-def network_of(ckpt: dict, where: str = "") -> LatentUNet:
+def network_of(ckpt: dict, where: str = "") -> PreconditionedPrior:
     try:
         arch = PriorArchitecture(**ckpt["architecture"])
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{where} has an unknown architecture {ckpt['architecture']}: {exc}") from None
-    net = LatentUNet(arch, np.asarray(ckpt["latent_latitudes"]), float(ckpt["schedule"]["eta"]))
+    net = build_network(arch, ckpt["latent_latitudes"], float(ckpt["schedule"]["eta"]))
     return checkpoint_io.load_weights(net, ckpt, where)
 
 
@@ -73,7 +80,7 @@ class ResidualCodec:
 class LatentPrior:
     """p(z | z_b) as p(d | z_b), d = (z - z_b) / scale: the EMA network of a checkpoint plus its schedule."""
 
-    def __init__(self, net: LatentUNet, schedule: CosineSchedule, meta: dict):
+    def __init__(self, net: PreconditionedPrior, schedule: CosineSchedule, meta: dict):
         self.net = net.eval().requires_grad_(False)
         self.schedule = schedule
         self.meta = meta

@@ -5,28 +5,18 @@ scalar tensor in [0, 1]; the conditioning is bound beforehand (`Conditioned`), s
 samplers and guidance never see the background. Guidance wraps a Denoiser and
 returns a Denoiser.
 
-Network (`LatentUNet`): a U-Net on the latent grid with spherical padding (the
-latent is a coarse latitude-longitude grid, so the forecast model's padding
-applies), the background latent *concatenated* to the noisy latent at the input
-(the paper cross-attends to z_b in a DiT with 2x2 patches; at the latent sizes
-of this system, 8x16 at T21 to 32x64 at 1.4°, channel concatenation gives every
-cell its own background column and a U-Net's receptive field covers the whole
-latent after one pooling, so we use the simpler, cheaper network; a DiT was
-not built or compared), sin/cos latitude of each latent row, and the diffusion
-time through a sinusoidal embedding that scales and shifts every residual
-block (FiLM). The output layer starts at zero.
+Networks: every prior network is a `PreconditionedPrior` (EDM preconditioning and
+the denoising score matching loss, `diffusion.preconditioning`) chosen by
+`PriorArchitecture.kind`: "unet" (`LatentUNet`, the default) or "dit"
+(`diffusion.dit.LatentDiT`, the paper's transformer with cross-attention to z_b).
 
-Preconditioning (Karras et al. 2022, EDM, with unit data variance): with the
-noise level s = sigma/mu, the network output F gives the clean estimate
-D = c_skip z_t/mu + c_out F (c_skip = 1/(1+s^2), c_out = s/sqrt(1+s^2), input
-scaled to unit variance by 1/sqrt(mu^2+sigma^2)) and the returned noise is
-eps = (z_t - mu D)/sigma. Near t = 1 (mu = eta = 1e-3) a plain eps-network's
-error is multiplied by sigma/mu = 1000 in Tweedie's estimate and in the first
-DDIM steps: on the tiny OSSE the sampled analyses diverged (normalised MSE
-3e4 against 0.32 for the background). Preconditioned, D stays a bounded
-network output at high noise and F is (minus) the noise at low noise. Training
-is still denoising score matching: `loss` is the squared error of F against
-its target, i.e. the eps-error weighted by 1 + s^2.
+`LatentUNet`: a U-Net on the latent grid with spherical padding (the latent is a
+coarse latitude-longitude grid, so the forecast model's padding applies), the
+background latent *concatenated* to the noisy latent at the input (every cell
+gets its own background column; a U-Net's receptive field covers the 8x16 latent
+after one pooling), sin/cos latitude of each latent row, and the diffusion time
+through a sinusoidal embedding that scales and shifts every residual block (FiLM).
+The output layer starts at zero.
 """
 
 from __future__ import annotations
@@ -40,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from align_da_ops.diffusion.schedule import CosineSchedule
+from align_da_ops.diffusion.preconditioning import PreconditionedPrior
 from align_da_ops.forecast.network import SphereConv
 
 
@@ -48,18 +38,39 @@ class Denoiser(Protocol):
     def __call__(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor: ...
 
 
+KINDS = ("unet", "dit")
+_FIELDS = {
+    "unet": ("latent_channels", "width", "blocks", "levels", "embedding"),
+    "dit": ("kind", "latent_channels", "hidden", "depth", "heads", "patch", "embedding"),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class PriorArchitecture:
-    """Hyperparameters of `LatentUNet` (stored in every prior checkpoint)."""
+    """Hyperparameters of the prior network (stored in every prior checkpoint).
+
+    kind "unet": `LatentUNet` (width, blocks, levels); kind "dit": `dit.LatentDiT` (hidden features, depth
+    blocks, heads, patch size); `embedding`: the sinusoidal time features of both. `to_dict` holds only the
+    fields of its kind, so a U-Net's dict (and the content hash of its checkpoint) is the one written before
+    the DiT existed, and a dict without `kind` is a U-Net."""
 
     latent_channels: int
     width: int = 96
     blocks: int = 2
     levels: int = 1
     embedding: int = 128
+    kind: str = "unet"
+    hidden: int = 128
+    depth: int = 4
+    heads: int = 4
+    patch: int = 2
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown prior architecture kind {self.kind!r}; use one of {KINDS}")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {k: getattr(self, k) for k in _FIELDS[self.kind]}
 
 
 def time_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -88,13 +99,12 @@ class FiLMBlock(nn.Module):
         return x + self.conv2(F.gelu(h))
 
 
-class LatentUNet(nn.Module):
+class LatentUNet(PreconditionedPrior):
     """eps_theta(z_t, t, z_b): (B, Cz, h, w), (B,), (B, Cz, h, w) -> (B, Cz, h, w)."""
 
     def __init__(self, arch: PriorArchitecture, latent_latitudes: np.ndarray, eta: float = 1e-3):
-        super().__init__()
+        super().__init__(eta)
         self.arch = arch
-        self.schedule = CosineSchedule(eta)
         lat = torch.as_tensor(np.deg2rad(np.asarray(latent_latitudes, dtype=np.float64)), dtype=torch.float32)
         self.register_buffer("static", torch.stack([torch.sin(lat), torch.cos(lat)])[:, :, None], persistent=False)
         widths = [arch.width * 2**i for i in range(arch.levels + 1)]
@@ -110,27 +120,6 @@ class LatentUNet(nn.Module):
         self.project = nn.Conv2d(widths[0], arch.latent_channels, 1)
         nn.init.zeros_(self.project.weight)
         nn.init.zeros_(self.project.bias)
-
-    def _coefficients(self, t: torch.Tensor, like: torch.Tensor):
-        shape = (-1,) + (1,) * (like.dim() - 1)
-        t = t.expand(like.shape[0]).to(torch.float64)
-        mu, sigma = self.schedule.mu(t), self.schedule.sigma(t)
-        s2 = (sigma / mu) ** 2
-        c_skip, c_out = 1 / (1 + s2), (sigma / mu) / (1 + s2).sqrt()
-        c_in = 1 / (mu**2 + sigma**2).sqrt()
-        return [c.to(like.dtype).view(shape) for c in (mu, sigma, c_skip, c_out, c_in)]
-
-    def forward(self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        mu, sigma, c_skip, c_out, c_in = self._coefficients(t, z_t)
-        clean = c_skip * z_t / mu + c_out * self.raw(c_in * z_t, t, cond)
-        return (z_t - mu * clean) / sigma
-
-    def loss(self, z0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Per-sample denoising score matching loss (B,): mean squared error of F against its target."""
-        mu, sigma, c_skip, c_out, c_in = self._coefficients(t, z0)
-        z_t = mu * z0 + sigma * eps
-        target = (z0 - c_skip * z_t / mu) / c_out
-        return (self.raw(c_in * z_t, t, cond) - target).pow(2).mean(dim=(1, 2, 3))
 
     def raw(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """The U-Net itself, F(c_in z_t, t, z_b)."""

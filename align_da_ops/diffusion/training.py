@@ -78,9 +78,14 @@ class PriorSettings:
     warmup_steps: int = 100
     ema_decay: float = 0.995
     augment: bool = True  # roll each pair by a random number of latent columns (the forcing is zonally symmetric)
+    kind: str = "unet"  # the network (PriorArchitecture.kind): unet (width, blocks, levels) or dit (the rest)
     width: int = 64
     blocks: int = 2
     levels: int = 1
+    hidden: int = 128
+    depth: int = 4
+    heads: int = 4
+    patch: int = 2
     leads: tuple[int, ...] = (6, 12, 24, 36, 48, 72)
     eta: float = 1e-3
     seed: int = 0
@@ -304,11 +309,13 @@ def _fit(cfg, output: Path, autoencoder, forecast_model, train: ZarrRows, val: Z
     if start_from is not None and list(start_from["latent_shape"]) != list(shape):
         raise CheckpointError(f"--init {init} models latents of shape {start_from['latent_shape']}, these are {list(shape)}")
     arch = (PriorArchitecture(**start_from["architecture"]) if start_from is not None
-            else PriorArchitecture(shape[0], settings.width, settings.blocks, settings.levels))
+            else PriorArchitecture(shape[0], settings.width, settings.blocks, settings.levels, kind=settings.kind,
+                                   hidden=settings.hidden, depth=settings.depth, heads=settings.heads,
+                                   patch=settings.patch))
     schedule = CosineSchedule(settings.eta)
     torch.manual_seed(settings.seed)
-    net = LatentUNet(arch, latent_latitudes(lat, factor), settings.eta).to(device)
-    ema = LatentUNet(arch, latent_latitudes(lat, factor), settings.eta).to(device)
+    net = prior_io.build_network(arch, latent_latitudes(lat, factor), settings.eta).to(device)
+    ema = prior_io.build_network(arch, latent_latitudes(lat, factor), settings.eta).to(device)
     if start_from is not None:
         net.load_state_dict(start_from["state_dict"])
     ema.load_state_dict(net.state_dict())
