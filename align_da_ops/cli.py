@@ -33,10 +33,11 @@ from align_da_ops.forecast.commands import bench_forecast, train_forecast  # noq
 
 train_app.command("forecast")(train_forecast)
 bench_app.command("forecast")(bench_forecast)
-from align_da_ops.diffusion.commands import bench_sampler, train_prior  # noqa: E402  (light, like obs.cli)
+from align_da_ops.diffusion.commands import bench_prior, bench_sampler, train_prior  # noqa: E402  (light, like obs.cli)
 
 train_app.command("prior")(train_prior)
 bench_app.command("sampler")(bench_sampler)
+bench_app.command("prior")(bench_prior)
 from align_da_ops.latent.commands import train_autoencoder  # noqa: E402  (light, like forecast.commands)
 
 train_app.command("autoencoder")(train_autoencoder)

@@ -30,6 +30,18 @@ def _parse_ints(text: str, what: str) -> tuple[int, ...]:
     return values
 
 
+def _check_dit(settings, latent_shape) -> None:
+    from align_da_ops.diffusion.dit import check_shape
+    from align_da_ops.diffusion.network import PriorArchitecture
+
+    arch = PriorArchitecture(latent_shape[0], kind="dit", hidden=settings.hidden, depth=settings.depth,
+                             heads=settings.heads, patch=settings.patch)
+    try:
+        check_shape(arch, *latent_shape[1:])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--patch/--hidden/--heads") from None
+
+
 def train_prior(
     config: Path,
     epochs: int = typer.Option(150, help="Total epochs (a resumed run continues up to this)."),
@@ -39,9 +51,16 @@ def train_prior(
     leads: str = typer.Option("6,12,24,36,48,72", help="Background leads in hours (comma-separated multiples of 6)."),
     batch_size: int = typer.Option(32, help="Pairs per optimiser step (all torchrun processes together)."),
     lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW, cosine decay)."),
-    width: int = typer.Option(64, help="Hidden channels at latent resolution (multiple of 8)."),
-    blocks: int = typer.Option(2),
-    levels: int = typer.Option(1, help="2x poolings of the latent grid."),
+    architecture: str = typer.Option("unet", help="Prior network: unet (--width, --blocks, --levels) or dit (the "
+                                     "paper's transformer with cross-attention to the background: --hidden, --depth, "
+                                     "--heads, --patch)."),
+    width: int = typer.Option(64, help="U-Net: hidden channels at latent resolution (multiple of 8)."),
+    blocks: int = typer.Option(2, help="U-Net: residual blocks per level."),
+    levels: int = typer.Option(1, help="U-Net: 2x poolings of the latent grid."),
+    hidden: int = typer.Option(128, help="DiT: token features (a multiple of 2 x --heads)."),
+    depth: int = typer.Option(4, help="DiT: transformer blocks."),
+    heads: int = typer.Option(4, help="DiT: attention heads."),
+    patch: int = typer.Option(2, help="DiT: patch size on the latent grid (divides its rows and columns)."),
     seed: int = typer.Option(0),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch's choice)."),
     workers: int = typer.Option(0, help="DataLoader worker processes reading the pairs (per torchrun process)."),
@@ -69,18 +88,22 @@ def train_prior(
     from align_da_ops.data.sources import layout_of
     from align_da_ops.devices import resolve_device
     from align_da_ops.diffusion import checkpoint as prior_io
+    from align_da_ops.diffusion.network import KINDS
     from align_da_ops.diffusion.training import PriorSettings
     from align_da_ops.diffusion.training import train_prior as run
     from align_da_ops.forecast.checkpoint import load_model
     from align_da_ops.forecast.checkpoint import shipped_checkpoint as shipped_forecast
     from align_da_ops.latent.checkpoint import load_autoencoder, shipped_checkpoint
 
+    if architecture not in KINDS:
+        raise typer.BadParameter(f"unknown architecture {architecture!r}; use one of {KINDS}", param_hint="--architecture")
     if threads:
         torch.set_num_threads(threads)
     cfg = load_config(config)
     layout = layout_of(cfg)
     nlat, nlon = cfg.state.grid.nlat, cfg.state.grid.nlon
-    settings = PriorSettings(epochs=epochs, batch_size=batch_size, lr=lr, width=width, blocks=blocks, levels=levels,
+    settings = PriorSettings(epochs=epochs, batch_size=batch_size, lr=lr, kind=architecture, width=width, blocks=blocks,
+                             levels=levels, hidden=hidden, depth=depth, heads=heads, patch=patch,
                              leads=_parse_ints(leads, "--leads"), seed=seed)
     target = output or default_prior(cfg.name)
     use_forecasts = not from_archive if forecast_pairs is None else forecast_pairs
@@ -89,6 +112,8 @@ def train_prior(
     pair_options = {"archives": tuple(from_archive), "forecast_pairs": use_forecasts, "init": init}
     with parallel_training.launch(resolve_device(cfg.device)) as world:
         ae = load_autoencoder(autoencoder or shipped_checkpoint(cfg.name), layout.channels, nlat, nlon, world.device)
+        if architecture == "dit" and init is None:
+            _check_dit(settings, ae.latent_shape(nlat, nlon))
         model = load_model(forecast or shipped_forecast(cfg.name), layout.channels, nlat, nlon, world.device)
         if not world.is_main:
             run(cfg, target, ae, model, settings, world=world, workers=workers, **pair_options)
@@ -192,3 +217,54 @@ def bench_sampler(
             table.add_row(str(r["steps"]), str(r["corrections"]), str(r["evaluations"]), f"{r['mse']:.4f}",
                           f"{r['z500']:.1f}", f"{r['seconds']:.2f}")
         out.print(table)
+
+
+def bench_prior(
+    latent: str = typer.Option("128x8x16", help="Latent shape CZxHxW (the tiny T21 system: 128x8x16)."),
+    batch: int = typer.Option(4, help="Latents per network evaluation."),
+    width: int = typer.Option(64, help="U-Net width."),
+    blocks: int = typer.Option(2, help="U-Net residual blocks per level."),
+    levels: int = typer.Option(1, help="U-Net poolings."),
+    hidden: str = typer.Option("128", help="DiT token features (comma-separated: one row each)."),
+    depth: int = typer.Option(4, help="DiT blocks."),
+    heads: int = typer.Option(4, help="DiT heads."),
+    patch: int = typer.Option(2, help="DiT patch size."),
+    repeats: int = typer.Option(20, help="Timed evaluations (the median is reported)."),
+    device: str = typer.Option("cpu", help="torch device."),
+    threads: int = typer.Option(0, help="torch CPU threads (0: torch's choice)."),
+):
+    """Parameters, forward GFLOPs and milliseconds per evaluation and per training step of the prior networks
+    (U-Net and DiT, random weights): the equal-cost comparison of the architectures."""
+    import numpy as np
+    import torch
+
+    from align_da_ops.diffusion.checkpoint import build_network
+    from align_da_ops.diffusion.cost import network_cost
+    from align_da_ops.diffusion.network import PriorArchitecture
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        shape = tuple(int(v) for v in latent.lower().split("x"))
+        cz, h, w = shape
+    except ValueError:
+        raise typer.BadParameter(f"{latent!r} is not CZxHxW", param_hint="--latent") from None
+    archs = [PriorArchitecture(cz, width, blocks, levels)]
+    archs += [PriorArchitecture(cz, kind="dit", hidden=n, depth=depth, heads=heads, patch=patch)
+              for n in _parse_ints(hidden, "--hidden")]
+    table = Table(title=f"prior network cost: batch {batch} of {cz}x{h}x{w} latents ({device}, "
+                        f"{torch.get_num_threads()} CPU threads, median of {repeats})")
+    for col in ("architecture", "parameters", "GFLOP / eval", "ms / eval", "ms / training step"):
+        table.add_column(col)
+    for arch in archs:
+        torch.manual_seed(0)
+        try:
+            net = build_network(arch, np.linspace(-80, 80, h)).to(device)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+        c = network_cost(net, shape, batch, repeats)
+        spec = {k: v for k, v in arch.to_dict().items() if k not in ("latent_channels", "embedding")}
+        label = " ".join(f"{k}={v}" for k, v in spec.items()) if arch.kind == "dit" else "unet " + " ".join(
+            f"{k}={v}" for k, v in spec.items())
+        table.add_row(label, f"{c['parameters']:,}", f"{c['gflops']:.3f}", f"{c['ms_eval']:.2f}", f"{c['ms_train']:.2f}")
+    out.print(table)

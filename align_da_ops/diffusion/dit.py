@@ -94,6 +94,14 @@ class DiTBlock(nn.Module):
         return x
 
 
+def check_shape(arch: PriorArchitecture, rows: int, columns: int | None = None) -> None:
+    """ValueError unless the latent rows (and columns) are multiples of the patch and hidden of 2 x heads."""
+    p = arch.patch
+    if p < 1 or rows % p or (columns is not None and columns % p) or arch.hidden % (2 * arch.heads):
+        raise ValueError(f"a DiT on a {rows}x{columns or '?'} latent needs patch {p} to divide both and hidden "
+                         f"{arch.hidden} to be a multiple of 2 x {arch.heads} heads")
+
+
 class LatentDiT(PreconditionedPrior):
     """eps_theta(z_t, t, z_b): (B, Cz, h, w), (B,), (B, Cz, h, w) -> (B, Cz, h, w); h = len(latent_latitudes),
     h and w multiples of arch.patch, arch.hidden a multiple of 2 * arch.heads."""
@@ -101,9 +109,7 @@ class LatentDiT(PreconditionedPrior):
     def __init__(self, arch: PriorArchitecture, latent_latitudes: np.ndarray, eta: float = 1e-3):
         super().__init__(eta)
         rows, p = len(latent_latitudes), arch.patch
-        if rows % p or arch.hidden % (2 * arch.heads):
-            raise ValueError(f"{rows} latent rows must be a multiple of patch {p} and hidden {arch.hidden} "
-                             f"a multiple of 2 x {arch.heads} heads")
+        check_shape(arch, rows)
         self.arch = arch
         self.patchify = nn.Conv2d(arch.latent_channels, arch.hidden, p, stride=p)
         self.patchify_background = nn.Conv2d(arch.latent_channels, arch.hidden, p, stride=p)
