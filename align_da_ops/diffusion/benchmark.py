@@ -54,7 +54,8 @@ def random_mask_term(background: torch.Tensor, channel_std, fraction: float = 0.
     return ObservationTerm.build(op, value, 0.1 * std, channel_std, device=background.device)
 
 
-def packaged_setup(config: Path) -> Setup:
+def packaged_setup(config: Path, prior_path: Path | None = None) -> Setup:
+    """The experiment's packaged autoencoder and prior (or the prior at `prior_path`) on its first state."""
     from align_da_ops.config import load_config
     from align_da_ops.data.sources import layout_of, open_states
     from align_da_ops.devices import resolve_device
@@ -64,9 +65,9 @@ def packaged_setup(config: Path) -> Setup:
     cfg = load_config(config)
     layout, device = layout_of(cfg), resolve_device(cfg.device)
     ae = load_autoencoder(shipped_checkpoint(cfg.name), layout.channels, cfg.state.grid.nlat, cfg.state.grid.nlon, device)
-    prior = load_prior(shipped_prior(cfg.name), ae.content_hash, device)
+    prior = load_prior(prior_path or shipped_prior(cfg.name), ae.content_hash, device)
     background = layout.to_tensor(open_states(cfg).isel({grid.TIME: 0}).load())[0].to(device)
-    return Setup(f"{cfg.name} (packaged weights)", device, ae, prior, background,
+    return Setup(f"{cfg.name} ({prior_path or 'packaged weights'})", device, ae, prior, background,
                  random_mask_term(background, ae.normalization.std))
 
 
@@ -176,10 +177,13 @@ def profile_summary(setup: Setup, sampler: Sampler, members: int, mode: str, dty
     return prof.key_averages().table(sort_by=key, row_limit=top)
 
 
-def quality_vs_evaluations(config: Path, samplers, mode: str = "dps", n_cases: int = 6, members: int = 4) -> list[dict]:
+def quality_vs_evaluations(config: Path, samplers, mode: str = "dps", n_cases: int = 6, members: int = 4,
+                           prior_path: Path | None = None, analysis: dict | None = None) -> list[dict]:
     """Analysis quality against network evaluations on held-out cases (48-h backgrounds, 1 % mask, noise-free).
 
     For each Sampler: mean normalised MSE and z500 WRMSE of the ensemble-mean analysis, and seconds per analysis.
+    `prior_path`: the prior checkpoint to score (default: the packaged one); `analysis`: further
+    LatentDiffusionConfig fields (e.g. {"increment": "none"}).
     """
     from align_da_ops.align import benchmark as ab
     from align_da_ops.analysis.latent_diffusion import LatentDiffusion, LatentDiffusionConfig
@@ -194,7 +198,7 @@ def quality_vs_evaluations(config: Path, samplers, mode: str = "dps", n_cases: i
     layout, states = layout_of(cfg), open_states(cfg)
     nlat, nlon = cfg.state.grid.nlat, cfg.state.grid.nlon
     ae = load_autoencoder(shipped_checkpoint(cfg.name), layout.channels, nlat, nlon)
-    prior = load_prior(shipped_prior(cfg.name), ae.content_hash)
+    prior = load_prior(prior_path or shipped_prior(cfg.name), ae.content_hash)
     model = load_model(shipped_forecast(cfg.name), layout.channels, nlat, nlon)
     lat, lon = states[grid.LAT].values, states[grid.LON].values
     norm = read_normalization(normalization_path(cfg))
@@ -205,7 +209,7 @@ def quality_vs_evaluations(config: Path, samplers, mode: str = "dps", n_cases: i
     for sampler in samplers:
         kind, jacobian = parse_mode(mode)
         ld = LatentDiffusionConfig(guidance=kind, jacobian=jacobian, steps=sampler.steps, corrections=sampler.corrections,
-                                   stochasticity=sampler.stochasticity, members=members)
+                                   stochasticity=sampler.stochasticity, members=members, **(analysis or {}))
         t0 = time.perf_counter()
         r = ab.evaluate(lambda ld=ld: LatentDiffusion(ld, ae, prior, ae.normalization.std), cases, [0], model, layout,
                         norm, lat, lon, interp, members=members)

@@ -155,6 +155,7 @@ def bench_sampler(
     profile: Optional[Path] = typer.Option(None, help="Write a torch.profiler summary of one paper-scale analysis here."),
     quality: bool = typer.Option(True, help="Also score DPS analyses against the truth per sampler (held-out cases)."),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch's choice)."),
+    prior: Optional[Path] = typer.Option(None, help="Prior checkpoint to time and score (default: the packaged one)."),
 ):
     """Seconds per analysis against network evaluations and ensemble size (1 % random-mask observations)."""
     import json
@@ -174,7 +175,7 @@ def bench_sampler(
         nlat, nlon, channels = (int(x) for x in paper_grid.lower().split("x"))
     except ValueError:
         raise typer.BadParameter(f"{paper_grid!r} is not NLATxNLONxCHANNELS", param_hint="--paper-grid") from None
-    setups = [] if paper_only else [benchmark.packaged_setup(config)]
+    setups = [] if paper_only else [benchmark.packaged_setup(config, prior)]
     if paper_scale or paper_only:
         setups.append(benchmark.paper_scale_setup(nlat, nlon, channels, compile=compile_nets))
     all_rows = []
@@ -208,7 +209,8 @@ def bench_sampler(
         from align_da_ops.diffusion.samplers import PAPER, Sampler
 
         samplers = [Sampler(k) for k in steps_list if k <= 64] + [Sampler(32, 1), PAPER]
-        rows = benchmark.quality_vs_evaluations(config, samplers, next((m for m in modes if m.startswith("dps")), "dps"))
+        rows = benchmark.quality_vs_evaluations(config, samplers, next((m for m in modes if m.startswith("dps")), "dps"),
+                                                prior_path=prior)
         table = Table(title="DPS analysis quality against network evaluations (6 held-out cases, 48-h backgrounds, "
                             "1 % mask noise-free, 4 members; normalised MSE, z500 WRMSE m²/s²)")
         for col in ("steps", "corrections", "network evals", "mse (norm.)", "z500", "s / analysis"):
