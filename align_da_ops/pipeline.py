@@ -47,6 +47,7 @@ def run_chain(config_path: Path, cfg: ExperimentConfig, workdir: Path, settings:
     """Run (or resume) every step; returns the paths made and the cycling scores table."""
     from align_da_ops import evaluation, grid
     from align_da_ops.align import preferences as prefs
+    from align_da_ops.align.climatology import climatological_imbalance
     from align_da_ops.align.dpo import AlignSettings, align
     from align_da_ops.campaign import CampaignConfig
     from align_da_ops.data import nature_run as nr
@@ -93,10 +94,13 @@ def run_chain(config_path: Path, cfg: ExperimentConfig, workdir: Path, settings:
     states = training_trajectory(cfg)
     pset = prefs.PreferenceSettings(variant="m", samples=settings.samples, every_hours=settings.every_hours,
                                     lead_hours=6 if quick else 48, forecast_hours=6 if quick else 48,
-                                    steps=settings.steps if quick else 16, quantile=0.1, min_side=1 if quick else 2)
-    if not paths["pairs"].exists() or prefs.read_pairs(paths["pairs"]).get("prior") != prior.content_hash:
+                                    steps=settings.steps if quick else 16, quantile=0.1, min_side=1 if quick else 2,
+                                    geo_reference="climatology")
+    made = prefs.read_pairs(paths["pairs"]) if paths["pairs"].exists() else {}
+    if made.get("prior") != prior.content_hash or made.get("settings") != dataclasses.asdict(pset):
         cases = prefs.cases_from_states(states, layout, model, cfg.splits.train.start, cfg.splits.train.end, pset)
-        built = prefs.build(cases, ae, prior, model, layout, states[grid.LAT].values, states[grid.LON].values, pset)
+        built = prefs.build(cases, ae, prior, model, layout, states[grid.LAT].values, states[grid.LON].values, pset,
+                            d_reference=climatological_imbalance(cfg))
         prefs.write_pairs(paths["pairs"], built, pset, {"prior": prior.content_hash, "autoencoder": ae.content_hash,
                                                         "forecast_model": model.content_hash, "source": "nature run train split"})
     say(f"6/7 alignment ({settings.align_loss.upper()})")

@@ -45,7 +45,8 @@ def align_command(
     config: Path,
     variant: str = typer.Option("m", help="Winners/losers: m (top/bottom decile on accuracy, forecast, Geo-Score) or p (Geo-Score top/bottom 5)."),
     loss: str = typer.Option("dpo", help="dpo (Diffusion-DPO) or ipo."),
-    beta: float = typer.Option(8000.0, help="Preference temperature (paper 8000)."),
+    beta: float = typer.Option(8000.0, help="Preference temperature (paper 8000); 2x the beta of the reference "
+                               "Diffusion-DPO code, whose loss has a factor 0.5 (see align/dpo.py)."),
     lr: float = typer.Option(1e-5, help="Learning rate (paper 1e-5)."),
     steps: int = typer.Option(500, help="Optimiser steps (paper 500)."),
     batch_size: int = typer.Option(32, help="Pairs per step (paper 32)."),
@@ -53,10 +54,19 @@ def align_command(
     sample_steps: int = typer.Option(16, help="Sampler steps for the candidates."),
     lead_hours: int = typer.Option(48, help="Lead of the forecast backgrounds (paper: 48-h forecasts)."),
     every_hours: int = typer.Option(6, help="Hours between backgrounds in the training split."),
+    forecast_hours: int = typer.Option(48, help="Lead of the forecast reward (paper: 48 h)."),
     prior: Optional[Path] = typer.Option(None, help="Reference (unaligned) prior; default: the packaged one."),
     autoencoder: Optional[Path] = typer.Option(None, help="Autoencoder; default: the packaged one."),
     forecast: Optional[Path] = typer.Option(None, help="Neural forecast model; default: the packaged one."),
-    from_archive: Optional[Path] = typer.Option(None, help="Take backgrounds from this archive's done cycles instead."),
+    from_archive: Optional[list[Path]] = typer.Option(None, metavar="ARCHIVE", help="Take backgrounds (and observations) from this "
+                                                      "archive's done cycles of the train split instead; repeatable."),
+    guidance: Optional[str] = typer.Option(None, help="Candidates: dps (with each cycle's observations, as the analysis; "
+                                           "the default with --from-archive) or obs_free (unguided; the default otherwise)."),
+    dps_strength: float = typer.Option(1.0, help="DPS strength of the candidates (the analysis' default 1)."),
+    dps_jacobian: str = typer.Option("denoiser", help="DPS Jacobian of the candidates: denoiser (the analysis' default) "
+                                     "or gaussian."),
+    geo_reference: str = typer.Option("climatology", help="Geo-Score's reference imbalance: climatology (the nature "
+                                      "run's train-split mean; truth-free) or truth (the truth's at that time, as before)."),
     pairs: Optional[Path] = typer.Option(None, help="Preference data (Zarr); built if missing. Default data/<name>/preferences-<variant>.zarr."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Aligned prior; default data/<name>/prior-aligned-<variant>.pt."),
     export: Optional[Path] = typer.Option(None, help="Also write an inference-only copy here."),
@@ -72,13 +82,24 @@ def align_command(
 
     from align_da_ops import checkpoint_io, grid
     from align_da_ops.align import preferences as prefs
+    from align_da_ops.align.climatology import climatological_imbalance
     from align_da_ops.align.dpo import AlignSettings, align, summary
-    from align_da_ops.archive import Archive
     from align_da_ops.config import load_config
     from align_da_ops.data.sources import open_states, training_trajectory
     from align_da_ops.devices import resolve_device
     from align_da_ops.diffusion import checkpoint as prior_io
+    from align_da_ops.errors import InputDataError
 
+    guidance = guidance or ("dps" if from_archive else "obs_free")
+    if guidance == "dps" and not from_archive:
+        raise typer.BadParameter("DPS candidates need the cycles' observations: give --from-archive", param_hint="--guidance")
+    try:
+        psettings = prefs.PreferenceSettings(variant=variant, samples=samples, steps=sample_steps, lead_hours=lead_hours,
+                                             every_hours=every_hours, forecast_hours=forecast_hours, seed=seed,
+                                             guidance=guidance, strength=dps_strength,
+                                             jacobian=dps_jacobian, geo_reference=geo_reference)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     if threads:
         torch.set_num_threads(threads)
     cfg = load_config(config)
@@ -86,17 +107,23 @@ def align_command(
     layout, ae, prior_path, reference, model = _models(cfg, autoencoder, prior, forecast, device)
     states = open_states(cfg)
     pairs_path = pairs or default_pairs(cfg.name, variant)
-    psettings = prefs.PreferenceSettings(variant=variant, samples=samples, steps=sample_steps, lead_hours=lead_hours,
-                                         every_hours=every_hours, seed=seed)
+    period = f"{cfg.splits.train.start:%Y-%m-%d}..{cfg.splits.train.end:%Y-%m-%d}"
+    source = (f"archives {', '.join(map(str, from_archive))} (train split {period})" if from_archive
+              else f"nature run {period}")
     existing = None
     if pairs_path.exists():
         existing = prefs.read_pairs(pairs_path)
-        if existing.get("prior") != reference.content_hash or existing["settings"] != prefs.dataclasses.asdict(psettings):
-            out.print(f"{pairs_path} was built from another prior or with other settings: rebuilding")
+        if existing.get("prior") != reference.content_hash or existing["settings"] != prefs.dataclasses.asdict(psettings) \
+                or existing.get("source", source) != source:
+            out.print(f"{pairs_path} was built from another prior, source or settings: rebuilding")
             existing = None
     if existing is None:
-        if from_archive is not None:
-            cases = list(prefs.cases_from_archive(Archive.open(from_archive), states, layout, psettings))
+        d_reference = climatological_imbalance(cfg) if geo_reference == "climatology" else None
+        if from_archive:
+            cases = list(prefs.archive_cases(cfg, from_archive, psettings))
+            if not cases:
+                raise InputDataError(f"none of the archives holds a done cycle of the train split {period} with the truth "
+                                     f"{psettings.forecast_hours} h later inside it: {', '.join(map(str, from_archive))}")
         else:
             train = cfg.splits.train
             cases = list(prefs.cases_from_states(training_trajectory(cfg), layout, model, train.start, train.end, psettings))
@@ -105,10 +132,11 @@ def align_command(
         with client_for(len(cases), workers, threads, scheduler) as client, \
                 progress_bar("preference cases", total=len(cases)) as bar:
             built = prefs.build(cases, ae, reference, model, layout, states[grid.LAT].values, states[grid.LON].values,
-                                psettings, on_case=lambda i, n: bar(i, description=f"cases ({n} pairs)"), client=client)
+                                psettings, on_case=lambda i, n: bar(i, description=f"cases ({n} pairs)"), client=client,
+                                d_reference=d_reference)
         digest = prefs.write_pairs(pairs_path, built, psettings, {
             "prior": reference.content_hash, "autoencoder": ae.content_hash, "forecast_model": model.content_hash,
-            "source": str(from_archive) if from_archive else f"nature run {cfg.splits.train.start:%Y-%m-%d}..{cfg.splits.train.end:%Y-%m-%d}",
+            "source": source,
         })
         out.print(f"wrote {pairs_path}: {built['counts']} (hash {digest})")
     data = prefs.read_pairs(pairs_path)

@@ -12,6 +12,14 @@ mean-over-latent error makes beta comparable across latent sizes. At
 initialisation (model = reference) both Deltas are 0 and the DPO loss is log 2.
 Paper defaults: beta 8000, lr 1e-5, batch 32, 500 steps.
 
+beta here is 2x the reference implementation's: the Diffusion-DPO code of
+Wallace et al. writes the loss -log sigmoid(-0.5 beta_ref (Delta_w - Delta_l))
+with the same per-sample mean-over-latent errors, this module
+-log sigmoid(-beta (Delta_w - Delta_l)), so beta = beta_ref / 2: beta 8000 here is
+beta_ref 16000 there, and a beta quoted in the reference convention is halved
+here. Kept as is so that shipped aligned checkpoints reproduce. (IPO has no such
+factor.)
+
 The aligned checkpoint has the prior format (a drop-in replacement in every
 guidance mode) with lineage {kind, reference: the reference prior's hash,
 preference_data: the pairs' hash, settings}.

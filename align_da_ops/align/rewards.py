@@ -21,6 +21,9 @@ have shape (..., N), higher is better, and lie in (0, 1].
   `hydro_score`): the truth is not exactly balanced (ageostrophic flow,
   vertical interpolation), and a sample should be as balanced as the truth,
   not more. The paper reports Geo-Score × 100; these functions return (0, 1].
+  `score_samples(geo_reference=D_ref)` scores Geo-Score against a given
+  reference imbalance instead (the nature run's climatology,
+  `align.climatology`), so the physics reward needs no truth at that time.
 
 Physical constants are those of the nature run's dynamical core
 (dinosaur_torch.scales: radius 6 371 220 m, Ω = 7.292e-5 s⁻¹, R_d = κ c_p =
@@ -354,13 +357,15 @@ def score_samples(
     polar_rows: int = 1,
     hydrostatic: bool = True,
     hydrostatic_pressure_range: tuple[float, float] = HYDROSTATIC_PRESSURE_RANGE,
+    geo_reference=None,
 ) -> dict[str, torch.Tensor]:
     """Rewards for samples (..., N, C, lat, lon) of one truth (..., C, lat, lon), each (..., N).
 
     Keys: "accuracy"; "forecast" when `forecasts` (..., N, C, lat, lon) and `truth_forecast`
-    (..., C, lat, lon) are given; "geo" (Geo-Score against the truth's D); "hydro" when
-    `hydrostatic`. The keyword options are those of `geostrophic_imbalance` and
-    `hydrostatic_imbalance`; the truth's imbalance is computed with the same ones.
+    (..., C, lat, lon) are given; "geo" (Geo-Score against `geo_reference`, a reference D
+    broadcastable to (...), e.g. a climatological scalar; None: the truth's own D); "hydro" when
+    `hydrostatic` (always against the truth's D_h). The keyword options are those of
+    `geostrophic_imbalance` and `hydrostatic_imbalance`; the truth's imbalance is computed with the same ones.
     """
     if (forecasts is None) != (truth_forecast is None):
         raise ValueError("forecasts and truth_forecast come together: give both or neither")
@@ -371,8 +376,11 @@ def score_samples(
         out["forecast"] = forecast_reward(forecasts, truth_forecast, layout, latitudes, variables)
     geo = dict(levels=geostrophic_levels, min_abs_latitude=min_abs_latitude, polar_rows=polar_rows)
     d = geostrophic_imbalance(samples, layout, latitudes, longitudes, **geo)
-    d_truth = geostrophic_imbalance(truth, layout, latitudes, longitudes, **geo)
-    out["geo"] = geo_score(d, d_truth.unsqueeze(-1))
+    if geo_reference is None:
+        d_ref = geostrophic_imbalance(truth, layout, latitudes, longitudes, **geo)
+    else:
+        d_ref = torch.as_tensor(geo_reference, dtype=torch.float64, device=d.device).expand(d.shape[:-1])
+    out["geo"] = geo_score(d, d_ref.unsqueeze(-1))
     if hydrostatic:
         d_h = hydrostatic_imbalance(samples, layout, latitudes, *hydrostatic_pressure_range)
         d_h_truth = hydrostatic_imbalance(truth, layout, latitudes, *hydrostatic_pressure_range)

@@ -99,12 +99,18 @@ class LatentDiffusion:
     def provenance(self) -> dict:
         return {**self.autoencoder.provenance(), **self.prior.provenance()}
 
+    def observation_term(self, obs, operator) -> ObservationTerm:
+        """The observations as this analysis' guidance sees them: normalised by the channel std, errors floored
+        at `min_obs_error`, on the autoencoder's device (also the preference candidates' guidance)."""
+        return ObservationTerm.build(operator, obs.value, obs.error, self.channel_std, self.config.min_obs_error,
+                                     self.autoencoder.device)
+
     def analyse(self, background, obs, operator, generators) -> AnalysisResult:
         if isinstance(generators, torch.Generator):
             generators = [generators]
         t0 = time.perf_counter()
         device = self.autoencoder.device
-        term = ObservationTerm.build(operator, obs.value, obs.error, self.channel_std, self.config.min_obs_error, device)
+        term = self.observation_term(obs, operator)
         central = self.config.estimate == "central"
         draws = [None, *generators] if central else list(generators)
         _, z_b, members = self.prior.sample(self.autoencoder, background, self.sampler, draws, self.guidance, term)
