@@ -35,3 +35,43 @@ def tiny_config(output: Path, **kw) -> ExperimentConfig:
 
 # a prior small enough to train in a second on the 2-day test nature run (mechanics, not skill)
 TEST_PRIOR = PriorSettings(epochs=2, batch_size=2, width=8, blocks=1, levels=1, leads=(6,), warmup_steps=1)
+
+
+CYCLED_START, CYCLED_END = "2000-01-01T06", "2000-01-02T18"
+
+
+def split_config_dict(nature: Path) -> dict:
+    """The 2-day tiny config with 6-hourly splits for archive-reading tests: train 01T00-18, validation
+    02T00-06, test 02T12-18."""
+    raw = tiny_config_dict(nature)
+    raw["splits"] = {
+        "train": {"start": "2000-01-01T00:00:00", "end": "2000-01-01T18:00:00"},
+        "validation": {"start": "2000-01-02T00:00:00", "end": "2000-01-02T06:00:00"},
+        "test": {"start": "2000-01-02T12:00:00", "end": "2000-01-02T18:00:00"},
+    }
+    return raw
+
+
+def persistence_archive(nature: Path, root: Path, name: str):
+    """A background-only, persistence campaign with a 1 % random mask cycled from 01T06 (cold start: the truth
+    at 01T00) to 02T18 over `split_config_dict`'s splits: every archived background is the cold start.
+    Returns (config, config file, archive path)."""
+    from align_da_ops.campaign import CampaignConfig
+    from align_da_ops.replaying import replay
+    from align_da_ops.times import CycleTime
+    from align_da_ops.wiring import build_context
+
+    config = root / "tiny.yaml"
+    config.write_text(yaml.safe_dump(split_config_dict(nature), sort_keys=False))
+    cfg = ExperimentConfig.model_validate(split_config_dict(nature))
+    raw = {
+        "name": name, "config": str(config), "start": CYCLED_START + ":00:00", "end": CYCLED_END + ":00:00",
+        "observations": {"networks": [{"kind": "random_mask", "fraction": 0.01}]},
+        "analysis": {"kind": "background_only"}, "forecast_model": {"kind": "persistence"},
+        "cold_start": {"kind": "truth_offset", "offset_days": 0.25}, "leads_hours": [6],
+        "archive": str(root / "archive"),
+    }
+    ctx = build_context(CampaignConfig.model_validate(raw), cfg)
+    outcomes = replay(ctx, CycleTime.parse(CYCLED_START), CycleTime.parse(CYCLED_END))
+    assert all(o.status == "done" for o in outcomes)
+    return cfg, config, root / "archive"

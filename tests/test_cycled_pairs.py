@@ -4,54 +4,25 @@ from __future__ import annotations
 
 import pytest
 import torch
-import yaml
 
 from align_da_ops import grid
 from align_da_ops.archive import Archive
-from align_da_ops.campaign import CampaignConfig
-from align_da_ops.config import ExperimentConfig
 from align_da_ops.data.sources import layout_of, open_states
 from align_da_ops.diffusion import checkpoint as prior_io
 from align_da_ops.diffusion import cycled_pairs
 from align_da_ops.diffusion.training import PairStore, PriorSettings, add_archive_pairs, train_prior
 from align_da_ops.errors import CheckpointError, InputDataError, SchemaError
-from align_da_ops.replaying import replay
-from align_da_ops.times import CycleTime
-from align_da_ops.wiring import build_context
 
-from factories import TEST_PRIOR, tiny_config_dict
+from factories import TEST_PRIOR, persistence_archive
 
-START, END = "2000-01-01T06", "2000-01-02T18"
-
-
-def _config_dict(nature):
-    raw = tiny_config_dict(nature)
-    raw["splits"] = {  # 3 train cycles after the cold start, 2 validation, 2 test
-        "train": {"start": "2000-01-01T00:00:00", "end": "2000-01-01T18:00:00"},
-        "validation": {"start": "2000-01-02T00:00:00", "end": "2000-01-02T06:00:00"},
-        "test": {"start": "2000-01-02T12:00:00", "end": "2000-01-02T18:00:00"},
-    }
-    return raw
 
 
 @pytest.fixture(scope="module")
 def cycled(tiny_nature_run, tmp_path_factory):
-    """An experiment file and a background-only, persistence archive over the 2-day run: every background is
-    the cold start (the truth at 2000-01-01T00), so each pair is known exactly."""
-    root = tmp_path_factory.mktemp("cycled")
-    config = root / "tiny.yaml"
-    config.write_text(yaml.safe_dump(_config_dict(tiny_nature_run), sort_keys=False))
-    cfg = ExperimentConfig.model_validate(_config_dict(tiny_nature_run))
-    raw = {
-        "name": "cycled-pairs", "config": str(config), "start": START + ":00:00", "end": END + ":00:00",
-        "observations": {"networks": [{"kind": "random_mask", "fraction": 0.01}]},
-        "analysis": {"kind": "background_only"}, "forecast_model": {"kind": "persistence"},
-        "cold_start": {"kind": "truth_offset", "offset_days": 0.25}, "leads_hours": [6],
-        "archive": str(root / "archive"),
-    }
-    ctx = build_context(CampaignConfig.model_validate(raw), cfg)
-    assert all(o.status == "done" for o in replay(ctx, CycleTime.parse(START), CycleTime.parse(END)))
-    return cfg, root / "archive"
+    """A background-only, persistence archive over the 2-day run: every background is the cold start (the truth
+    at 2000-01-01T00), so each pair is known exactly."""
+    cfg, _, archive = persistence_archive(tiny_nature_run, tmp_path_factory.mktemp("cycled"), "cycled-pairs")
+    return cfg, archive
 
 
 def test_pairs_are_the_split_cycles_backgrounds_and_truths(cycled):

@@ -10,59 +10,30 @@ import json
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from align_da_ops import grid
 from align_da_ops.align import preferences as prefs
 from align_da_ops.align.climatology import climatological_imbalance
 from align_da_ops.align.rewards import geo_score, geostrophic_imbalance, score_samples
 from align_da_ops.archive import Archive
-from align_da_ops.campaign import CampaignConfig
-from align_da_ops.config import ExperimentConfig
 from align_da_ops.data.sources import layout_of, open_states
 from align_da_ops.diffusion import checkpoint as prior_io
 from align_da_ops.diffusion.guidance import ObservationTerm
 from align_da_ops.errors import InputDataError
 from align_da_ops.obs.batch import ObsBatch
 from align_da_ops.obs.operators import GridInterpolator
-from align_da_ops.replaying import replay
 from align_da_ops.times import CycleTime
-from align_da_ops.wiring import build_context
 
-from factories import tiny_config_dict
+from factories import persistence_archive
 
-START, END = "2000-01-01T06", "2000-01-02T18"
 TRAIN = ["2000-01-01T06", "2000-01-01T12"]  # 01T18's forecast-reward truth (+6 h) is validation's 02T00
 SMALL = {"variant": "p", "samples": 6, "top_k": 2, "steps": 3, "lead_hours": 6, "forecast_hours": 6}
-
-
-def _config_dict(nature):
-    raw = tiny_config_dict(nature)
-    raw["splits"] = {
-        "train": {"start": "2000-01-01T00:00:00", "end": "2000-01-01T18:00:00"},
-        "validation": {"start": "2000-01-02T00:00:00", "end": "2000-01-02T06:00:00"},
-        "test": {"start": "2000-01-02T12:00:00", "end": "2000-01-02T18:00:00"},
-    }
-    return raw
 
 
 @pytest.fixture(scope="module")
 def cycled(tiny_nature_run, tmp_path_factory):
     """A persistence, background-only archive with a 1 % random mask cycled over every split of the 2-day run."""
-    root = tmp_path_factory.mktemp("deployed")
-    config = root / "tiny.yaml"
-    config.write_text(yaml.safe_dump(_config_dict(tiny_nature_run), sort_keys=False))
-    cfg = ExperimentConfig.model_validate(_config_dict(tiny_nature_run))
-    raw = {
-        "name": "deployed-preferences", "config": str(config), "start": START + ":00:00", "end": END + ":00:00",
-        "observations": {"networks": [{"kind": "random_mask", "fraction": 0.01}]},
-        "analysis": {"kind": "background_only"}, "forecast_model": {"kind": "persistence"},
-        "cold_start": {"kind": "truth_offset", "offset_days": 0.25}, "leads_hours": [6],
-        "archive": str(root / "archive"),
-    }
-    ctx = build_context(CampaignConfig.model_validate(raw), cfg)
-    assert all(o.status == "done" for o in replay(ctx, CycleTime.parse(START), CycleTime.parse(END)))
-    return cfg, config, root / "archive"
+    return persistence_archive(tiny_nature_run, tmp_path_factory.mktemp("deployed"), "deployed-preferences")
 
 
 @pytest.fixture(scope="module")
