@@ -94,8 +94,9 @@ def print_tables(console, suite: SuiteConfig, summary: pd.DataFrame, comparisons
     """Per network: methods × headline scores (value ±95 % CI half-width), then the verdicts."""
     from rich.table import Table
 
-    methods = [m.name for m in suite.methods]
-    for network in [n.name for n in suite.networks]:
+    scored = set(summary.method)  # a subset run (`--method`, `--network`) prints only what it scored
+    methods = [m.name for m in suite.methods if m.name in scored]
+    for network in [n.name for n in suite.networks if n.name in set(summary.network)]:
         table = Table(title=f"{suite.name} — {network}: test period, {len(suite.seeds)} seeds, ±95 % CI "
                             f"(moving blocks of {suite.block_days:g} days)")
         table.add_column("method", no_wrap=True)
