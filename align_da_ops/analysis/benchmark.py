@@ -10,7 +10,6 @@ are what carries across machines.
 
 from __future__ import annotations
 
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,20 +17,11 @@ import numpy as np
 import torch
 
 from align_da_ops import grid
+from align_da_ops.timing import timed_runs
 
 
 def _best_of(fn, repeats: int, device: torch.device) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return min(timed_runs(fn, repeats, device))
 
 
 def time_letkf(config: Path, members: tuple[int, ...], devices: tuple[str, ...], network: dict | None = None,

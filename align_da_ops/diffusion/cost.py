@@ -8,24 +8,15 @@ evaluation (no gradient) and of one training step's loss, forward and backward, 
 from __future__ import annotations
 
 import statistics
-import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from align_da_ops.timing import timed_runs
+
 
 def _median_ms(fn, repeats: int, device: torch.device) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(1000 * (time.perf_counter() - t0))
-    return statistics.median(times)
+    return 1000 * statistics.median(timed_runs(fn, repeats, device))
 
 
 def network_cost(net: torch.nn.Module, latent_shape, batch: int = 4, repeats: int = 20, seed: int = 0) -> dict:
