@@ -53,7 +53,10 @@ def local_shape(tasks: int, workers: int = 0, threads: int = 0, cores: int | Non
 
 class WorkerSetup(WorkerPlugin):
     """Worker plugin, run in every worker (also ones started later): torch limited to `threads` intra-op
-    threads, logs as in this process (to stderr, same format and level)."""
+    threads, logs as in this process (to stderr, same format and level), and dask computations inside a
+    task (xarray's `.load()` of the nature run) run in the task's own thread: by default they would be
+    sent back to the cluster and queue behind the long campaign tasks (measured: 36-71 s per cycle's
+    observations instead of 0.2 s)."""
 
     name = "align-da-worker-setup"
 
@@ -64,10 +67,12 @@ class WorkerSetup(WorkerPlugin):
         self.log_format, self.log_level = logs.current()
 
     def setup(self, worker) -> None:
+        import dask
         import torch
 
         from align_da_ops import logs
 
+        dask.config.set(scheduler="synchronous")
         torch.set_num_threads(self.threads)
         logs.configure(self.log_format, self.log_level)
 

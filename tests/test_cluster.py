@@ -129,11 +129,19 @@ def test_a_worker_killed_mid_campaign_is_replaced_and_the_campaign_resumes(confi
     _assert_same_archives(serial, parallel)
 
 
+def _scheduler_inside_a_task(_):
+    import dask.base
+
+    return dask.base.get_scheduler() is dask.base.named_schedulers["synchronous"]
+
+
 def test_task_errors_surface_with_their_message_and_results_keep_item_order():
     with open_client(workers=2, threads=1) as client:
         assert run_tasks(client, pow, [3, 1, 2], 2) == [9, 1, 4]
         with pytest.raises(ZeroDivisionError):
             run_tasks(client, divmod, [1, 2], 0)
+        # a dask computation inside a task (the nature run's .load()) runs in the task, not back on the busy cluster
+        assert run_tasks(client, _scheduler_inside_a_task, [0, 1]) == [True, True]
 
 
 def test_local_shape_never_oversubscribes_the_cores():

@@ -90,12 +90,49 @@ def test_dps_with_a_stochastic_pc_sampler_also_matches():
     assert torch.allclose(z[:, points].var(0), torch.full((2,), post_var), rtol=0.3)
 
 
-def test_repaint_with_every_point_observed_returns_the_observations():
+@pytest.mark.parametrize("insertion", ["state", "difference"])
+def test_repaint_with_every_point_observed_returns_the_observations(insertion):
     p = prior()
     y = torch.randn(32, generator=torch.Generator().manual_seed(7))
-    guided = Repaint().wrap(p, SCHEDULE, IdentityCodec(), observations(list(range(32)), y, 1e-9))
+    guided = Repaint(insertion=insertion).wrap(p, SCHEDULE, IdentityCodec(), observations(list(range(32)), y, 1e-9))
     z = Sampler(steps=16, corrections=1).sample(guided, SCHEDULE, SHAPE, generators(3))
     assert torch.allclose(z.flatten(1), y.expand(3, 32), atol=1e-5)
+
+
+class LossyCodec:
+    """A linear codec whose round trip is not the identity: E(D(z)) = 0.8 z + 0.1."""
+
+    def encode(self, x):
+        return 0.8 * x + 0.1
+
+    def decode(self, z):
+        return z
+
+
+def test_repaint_difference_insertion_cancels_the_codec_round_trip():
+    p, points, strength = prior(), [3, 17], 0.5
+    y = torch.tensor([2.0, -1.0])
+    z_t, t = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(3)), torch.tensor(0.4)
+    mu, sigma = SCHEDULE.mu(t), SCHEDULE.sigma(t)
+    z0_prior = ((z_t - sigma * p(z_t, t)) / mu).flatten(1)
+
+    def clean(insertion):
+        guided = Repaint(strength, insertion).wrap(p, SCHEDULE, LossyCodec(), observations(points, y, 0.1))
+        return ((z_t - sigma * guided(z_t, t)) / mu).flatten(1)
+
+    unobserved = [i for i in range(32) if i not in points]
+    difference, state = clean("difference"), clean("state")
+    # unobserved latents keep the prior's estimate exactly; observed ones move by E's slope times the blend
+    assert torch.allclose(difference[:, unobserved], z0_prior[:, unobserved], atol=1e-5)
+    expected = z0_prior[:, points] + 0.8 * strength * (y - z0_prior[:, points])
+    assert torch.allclose(difference[:, points], expected, atol=1e-5)
+    # DiffDA's state insertion applies the round trip everywhere
+    assert torch.allclose(state[:, unobserved], 0.8 * z0_prior[:, unobserved] + 0.1, atol=1e-5)
+
+
+def test_repaint_refuses_an_unknown_insertion():
+    with pytest.raises(ValueError, match="insertion"):
+        Repaint(insertion="latent")
 
 
 def test_repaint_averages_observations_that_share_a_grid_point():

@@ -62,6 +62,11 @@ class LatentDiffusionConfig(BaseModel):
         "gaussian: the scalar gamma mu / (sigma^2 + gamma mu^2) of a prior N(m, gamma I): cheaper, but it drops the "
         "prior's spatial spreading of the increment (biased on correlated priors; see diffusion/guidance.py).",
     )
+    insertion: Literal["state", "difference"] = Field(
+        default="state",
+        description="Repaint: how inserted observations return to the latent. state: z0' = E(x0') (DiffDA's); "
+        "difference: z0' = z0_hat + E(x0') - E(x0), which cancels the autoencoder's round trip at every evaluation.",
+    )
     min_obs_error: float = Field(default=0.05, gt=0, description="DPS: floor of the observation-error std (normalised units).")
     steps: int = Field(default=32, ge=1, le=4096, description="Sampler steps (paper: 128).")
     corrections: int = Field(default=0, ge=0, le=16, description="Langevin corrections per step (paper: 2).")
@@ -92,7 +97,8 @@ class LatentDiffusion:
         self.autoencoder = autoencoder
         self.prior = prior
         self.channel_std = np.asarray(channel_std, dtype=np.float64)
-        self.guidance = guidance_of(config.guidance, config.strength, config.gamma, config.clip, config.jacobian)
+        self.guidance = guidance_of(config.guidance, config.strength, config.gamma, config.clip, config.jacobian,
+                                    config.insertion)
         self.sampler = Sampler(config.steps, config.corrections, config.tau, config.stochasticity)
         self.members = config.members
 

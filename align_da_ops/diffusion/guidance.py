@@ -10,8 +10,12 @@ returns the prior denoiser itself (so it equals ObsFree exactly).
 - `Repaint` (DiffDA-style, latent): at each evaluation the clean estimate is
   decoded, x0 = D(z0_hat), the observed grid values are written into it,
   x0 <- x0 + strength * m * (y_grid - x0) with the mask m in physical space, the
-  result is re-encoded z0' = E(x0) and the returned noise is the one consistent
-  with z0', eps' = (z_t - mu z0') / sigma. Observations off the grid go to their
+  result is re-encoded and the returned noise is the one consistent with the new
+  clean estimate z0', eps' = (z_t - mu z0') / sigma. `insertion` "state" takes
+  z0' = E(x0') (DiffDA's); "difference" takes z0' = z0_hat + E(x0') - E(x0), so
+  the autoencoder's round trip E(D(z)) != z, applied at every evaluation, cancels
+  and unobserved structure is left as the prior made it (zero innovation returns
+  the prior's estimate exactly). Observations off the grid go to their
   nearest grid point and model level (the largest weight of H's stencil);
   several at one point are averaged. strength 1 = insert as observed (noise-free
   assumption), smaller values blend.
@@ -123,7 +127,12 @@ class ObsFree:
 @dataclasses.dataclass(frozen=True)
 class Repaint:
     strength: float = 1.0
+    insertion: Literal["difference", "state"] = "state"
     name = "repaint"
+
+    def __post_init__(self):
+        if self.insertion not in ("difference", "state"):
+            raise ValueError(f"unknown Repaint insertion {self.insertion!r}; expected difference or state")
 
     def wrap(self, denoiser: Denoiser, schedule: CosineSchedule, codec: Codec, obs: ObservationTerm) -> Denoiser:
         if len(obs) == 0:
@@ -137,7 +146,11 @@ class Repaint:
             flat = x0.flatten(-3)
             here = flat[..., points]
             flat = flat.index_copy(-1, points, here + self.strength * (values.to(flat.dtype) - here))
-            z0 = codec.encode(flat.view_as(x0))
+            inserted = codec.encode(flat.view_as(x0))
+            if self.insertion == "difference":  # z0_hat + E(x0') - E(x0): the round trip E(D(z)) != z cancels
+                z0 = (z_t - sigma * eps) / mu + inserted - codec.encode(x0)
+            else:
+                z0 = inserted
             return (z_t - mu * z0) / sigma
 
         return guided
@@ -193,12 +206,14 @@ def parse_mode(mode: str) -> tuple[str, str]:
     return kind, jacobian or "denoiser"
 
 
-def guidance_of(kind: str, strength: float = 1.0, gamma: float = 1.0, clip: float = 1.0, jacobian: str = "denoiser"):
-    """The guidance mode named `kind` (obs_free | repaint | dps); `jacobian` is DPS's (denoiser | gaussian)."""
+def guidance_of(kind: str, strength: float = 1.0, gamma: float = 1.0, clip: float = 1.0, jacobian: str = "denoiser",
+                insertion: str = "state"):
+    """The guidance mode named `kind` (obs_free | repaint | dps); `jacobian` is DPS's (denoiser | gaussian),
+    `insertion` Repaint's (state | difference)."""
     if kind == "obs_free":
         return ObsFree()
     if kind == "repaint":
-        return Repaint(strength)
+        return Repaint(strength, insertion)
     if kind == "dps":
         return DPS(strength, gamma, clip, jacobian)
     raise ValueError(f"unknown guidance {kind!r}; expected obs_free, repaint or dps")
