@@ -62,10 +62,11 @@ class LatentDiffusionConfig(BaseModel):
         "gaussian: the scalar gamma mu / (sigma^2 + gamma mu^2) of a prior N(m, gamma I): cheaper, but it drops the "
         "prior's spatial spreading of the increment (biased on correlated priors; see diffusion/guidance.py).",
     )
-    insertion: Literal["state", "difference"] = Field(
-        default="state",
-        description="Repaint: how inserted observations return to the latent. state: z0' = E(x0') (DiffDA's); "
-        "difference: z0' = z0_hat + E(x0') - E(x0), which cancels the autoencoder's round trip at every evaluation.",
+    insertion: Literal["difference", "state"] = Field(
+        default="difference",
+        description="Repaint: how inserted observations return to the latent. difference: z0' = z0_hat + E(x0') - "
+        "E(x0), which cancels the autoencoder's round trip at every evaluation; state: z0' = E(x0') (DiffDA's; "
+        "diverges while cycling on the tiny OSSE).",
     )
     min_obs_error: float = Field(default=0.05, gt=0, description="DPS: floor of the observation-error std (normalised units).")
     steps: int = Field(default=32, ge=1, le=4096, description="Sampler steps (paper: 128).")

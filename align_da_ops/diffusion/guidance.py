@@ -15,7 +15,9 @@ returns the prior denoiser itself (so it equals ObsFree exactly).
   z0' = E(x0') (DiffDA's); "difference" takes z0' = z0_hat + E(x0') - E(x0), so
   the autoencoder's round trip E(D(z)) != z, applied at every evaluation, cancels
   and unobserved structure is left as the prior made it (zero innovation returns
-  the prior's estimate exactly). Observations off the grid go to their
+  the prior's estimate exactly; the default: while cycling DiffDA's insertion
+  diverges, validation normalised MSE 23.4 vs 0.965, cycles/tiny-cycled-prior.suite.yaml).
+  Observations off the grid go to their
   nearest grid point and model level (the largest weight of H's stencil);
   several at one point are averaged. strength 1 = insert as observed (noise-free
   assumption), smaller values blend.
@@ -127,7 +129,7 @@ class ObsFree:
 @dataclasses.dataclass(frozen=True)
 class Repaint:
     strength: float = 1.0
-    insertion: Literal["difference", "state"] = "state"
+    insertion: Literal["difference", "state"] = "difference"
     name = "repaint"
 
     def __post_init__(self):
@@ -207,7 +209,7 @@ def parse_mode(mode: str) -> tuple[str, str]:
 
 
 def guidance_of(kind: str, strength: float = 1.0, gamma: float = 1.0, clip: float = 1.0, jacobian: str = "denoiser",
-                insertion: str = "state"):
+                insertion: str = "difference"):
     """The guidance mode named `kind` (obs_free | repaint | dps); `jacobian` is DPS's (denoiser | gaussian),
     `insertion` Repaint's (state | difference)."""
     if kind == "obs_free":
