@@ -90,13 +90,19 @@ def _fmt(row: pd.Series | None) -> str:
     return text
 
 
+def shown(suite: SuiteConfig, scored: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """(methods, networks) of the suite that `scored` (a summary or per-cycle table) holds, in suite order: a
+    subset run (`--method`, `--network`) reports only what it scored."""
+    methods, networks = set(scored.method), set(scored.network)
+    return [m.name for m in suite.methods if m.name in methods], [n.name for n in suite.networks if n.name in networks]
+
+
 def print_tables(console, suite: SuiteConfig, summary: pd.DataFrame, comparisons: pd.DataFrame) -> None:
     """Per network: methods × headline scores (value ±95 % CI half-width), then the verdicts."""
     from rich.table import Table
 
-    scored = set(summary.method)  # a subset run (`--method`, `--network`) prints only what it scored
-    methods = [m.name for m in suite.methods if m.name in scored]
-    for network in [n.name for n in suite.networks if n.name in set(summary.network)]:
+    methods, networks = shown(suite, summary)
+    for network in networks:
         table = Table(title=f"{suite.name} — {network}: test period, {len(suite.seeds)} seeds, ±95 % CI "
                             f"(moving blocks of {suite.block_days:g} days)")
         table.add_column("method", no_wrap=True)
@@ -130,9 +136,9 @@ def print_tables(console, suite: SuiteConfig, summary: pd.DataFrame, comparisons
 
 def markdown(suite: SuiteConfig, summary: pd.DataFrame, comparisons: pd.DataFrame) -> str:
     """The per-network score tables (value ±95 % CI half-width) and the verdict tables, in Markdown."""
-    methods = [m.name for m in suite.methods]
+    methods, networks = shown(suite, summary)
     lines = []
-    for network in [n.name for n in suite.networks]:
+    for network in networks:
         present = [(s, lead) for s, lead in TABLE if ((summary.score == s) & (summary.lead_h == lead)).any()]
         lines += [f"**{network}**", "", "| method | " + " | ".join(label(s, lead) for s, lead in present) + " |",
                   "|---" * (len(present) + 1) + "|"]
@@ -164,7 +170,7 @@ def write_files(out: Path, suite: SuiteConfig, table: pd.DataFrame, summary: pd.
     comparisons.to_csv(paths[1], index=False, float_format="%.6g")
     paths[2].write_text(markdown(suite, summary, comparisons))
     paths.append(_scores_png(out / "scores.png", suite, summary))
-    if len(suite.methods) > 1:
+    if len(shown(suite, table)[0]) > 1:
         paths.append(_differences_png(out / "differences.png", suite, table))
     ranks = [c for c in summary.score.unique() if c.startswith("rankhist_")]
     if ranks:
@@ -182,8 +188,7 @@ def _scores_png(path: Path, suite: SuiteConfig, summary: pd.DataFrame) -> Path:
     ncol = 4
     nrow = max(1, -(-len(panels) // ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.2 * nrow), squeeze=False)
-    methods = [m.name for m in suite.methods]
-    networks = [n.name for n in suite.networks]
+    methods, networks = shown(suite, summary)
     width = 0.8 / len(networks)
     for ax, (s, lead) in zip(axes.ravel(), panels):
         for j, network in enumerate(networks):
@@ -218,12 +223,12 @@ def _differences_png(path: Path, suite: SuiteConfig, table: pd.DataFrame) -> Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = [m.name for m in suite.methods]
+    methods, networks = shown(suite, table)
     last = methods[-1]
     scores = [("mse_normalized", 0), ("wrmse_geopotential_500", 0), ("mse_normalized", 48)]
-    fig, axes = plt.subplots(len(suite.networks), len(scores), figsize=(5 * len(scores), 3 * len(suite.networks)),
+    fig, axes = plt.subplots(len(networks), len(scores), figsize=(5 * len(scores), 3 * len(networks)),
                              squeeze=False)
-    for i, network in enumerate([n.name for n in suite.networks]):
+    for i, network in enumerate(networks):
         for k, (s, lead) in enumerate(scores):
             ax = axes[i, k]
             for other in methods[:-1]:

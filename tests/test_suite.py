@@ -149,6 +149,12 @@ def test_suite_smoke_run_tunes_scores_and_reports(world, tmp_path):
     assert "| 3dvar vs free |" in (tmp_path / "report" / "report.md").read_text()
     assert pd.read_csv(files[0]).columns.tolist()[:5] == ["network", "method", "lead_h", "score", "n_cycles"]
     assert "3dvar vs free" in text.getvalue() and "z500 RMSE (m²/s²)" in text.getvalue()
+    # a subset run (`--method`, `--network`) reports only what it scored, no empty rows or tables
+    first, other = [n.name for n in suite.networks]
+    part = summary[(summary.network == first) & (summary.method == "3dvar")]
+    report = suite_report.markdown(suite, part, comparisons.iloc[:0])
+    assert f"**{first}**" in report and f"**{other}**" not in report
+    assert "| 3dvar |" in report and "| free |" not in report
 
 
 def test_network_filter_keeps_only_the_named_networks_runs(world, tmp_path):
