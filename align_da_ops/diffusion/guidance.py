@@ -144,15 +144,14 @@ class Repaint:
         def guided(z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             eps = denoiser(z_t, t)
             mu, sigma = schedule.mu(t), schedule.sigma(t)
-            x0 = codec.decode((z_t - sigma * eps) / mu)
+            z0_hat = (z_t - sigma * eps) / mu
+            x0 = codec.decode(z0_hat)
             flat = x0.flatten(-3)
             here = flat[..., points]
             flat = flat.index_copy(-1, points, here + self.strength * (values.to(flat.dtype) - here))
-            inserted = codec.encode(flat.view_as(x0))
+            z0 = codec.encode(flat.view_as(x0))
             if self.insertion == "difference":  # z0_hat + E(x0') - E(x0): the round trip E(D(z)) != z cancels
-                z0 = (z_t - sigma * eps) / mu + inserted - codec.encode(x0)
-            else:
-                z0 = inserted
+                z0 = z0_hat + z0 - codec.encode(x0)
             return (z_t - mu * z0) / sigma
 
         return guided
