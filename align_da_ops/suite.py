@@ -63,9 +63,16 @@ class SuiteMethod(Frozen):
         "A list of grids: each tried on top of `tuned` (one pass of coordinate descent per `suite tune`).",
     )
 
-    def analysis_for(self, network: str, overrides: dict[str, Any] | None = None) -> AnalysisConfig:
-        """The analysis block for one network: base ⊕ tuned[network] ⊕ overrides (validated)."""
-        raw = {**self.analysis.model_dump(mode="json"), **self.tuned.get(network, {}), **(overrides or {})}
+    seeded: dict[int, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per suite seed: analysis settings of that seed's model (e.g. `prior:` of an alignment seed), so "
+        "seed s cycles the model trained with seed s and the confidence intervals hold the training seeds' spread.",
+    )
+
+    def analysis_for(self, network: str, overrides: dict[str, Any] | None = None, seed: int | None = None) -> AnalysisConfig:
+        """The analysis block for one network: base ⊕ tuned[network] ⊕ seeded[seed] ⊕ overrides (validated)."""
+        raw = {**self.analysis.model_dump(mode="json"), **self.tuned.get(network, {}),
+               **self.seeded.get(seed, {}), **(overrides or {})}
         try:
             return type(self.analysis).model_validate(raw)
         except ValidationError as exc:
@@ -132,6 +139,10 @@ class SuiteConfig(Frozen):
             unknown = sorted(set(m.tuned) - known)
             if unknown:
                 raise ValueError(f"method {m.name!r} is tuned for unknown networks {unknown}; networks are {sorted(known)}")
+            unseeded = sorted(set(m.seeded) - set(self.seeds))
+            if unseeded:
+                raise ValueError(f"method {m.name!r} has settings for seeds {unseeded} outside the suite's seeds "
+                                 f"{list(self.seeds)}")
         return self
 
     def method(self, name: str) -> SuiteMethod:
@@ -195,7 +206,7 @@ def make_run(
         start=start - timedelta(days=suite.spinup_days),
         end=end,
         observations=ObservationsConfig(networks=network.networks, qc=network.qc),
-        analysis=method.analysis_for(network.name, overrides),
+        analysis=method.analysis_for(network.name, overrides, run_seed),
         forecast_model=suite.forecast_model,
         cold_start=suite.cold_start,
         leads_hours=suite.leads_hours,

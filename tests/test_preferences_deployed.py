@@ -190,3 +190,14 @@ def test_cli_builds_deployed_preference_data_from_repeated_archives(cycled, mode
     assert data["counts"]["cases"] == 4 and data["counts"]["pairs"] > 0
     assert data["source"].startswith(f"archives {path}, {path} (train split")
     assert sorted({str(np.datetime64(int(t), "s"))[:13] for t in data["case_time"]}) == TRAIN
+    # a second alignment seed reuses the store (same hash) and aligns with other minibatches
+    digest = data["hash"]
+    out2 = tmp_path / "aligned-s1.pt"
+    res = CliRunner().invoke(app, [*base[:-1], str(out2), "--from-archive", str(path), "--from-archive", str(path),
+                                   "--align-seed", "1"])
+    assert res.exit_code == 0, res.output
+    assert "rebuilding" not in res.output and prefs.read_pairs(pairs)["hash"] == digest
+    first, second = prior_io.read(out), prior_io.read(out2)
+    assert first["lineage"]["preference_data"] == second["lineage"]["preference_data"] == digest
+    assert (first["lineage"]["settings"]["seed"], second["lineage"]["settings"]["seed"]) == (0, 1)
+    assert any(not torch.equal(a, b) for a, b in zip(first["state_dict"].values(), second["state_dict"].values()))

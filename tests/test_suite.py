@@ -99,6 +99,17 @@ def test_suite_expands_into_paired_campaigns(world):
     assert len(runs) == 3 * 2
     lengths = [r for r in runs if r.overrides == {"length_factor": 0.7}]
     assert {(r.network, r.campaign.analysis.b_scale) for r in lengths} == {("mask", 1.0), ("stations", 2.0)}
+    raw = _suite_dict(world)
+    raw["methods"][1]["seeded"] = {1: {"length_factor": 0.7}}  # seed 1 cycles another model/setting
+    suite = SuiteConfig.model_validate(raw)
+    seeded = {(r.network, r.seed): r.campaign.analysis for r in scoring_runs(suite, experiment) if r.method == "3dvar"}
+    assert {k: a.length_factor for k, a in seeded.items()} == {("mask", 0): 1.0, ("mask", 1): 0.7,
+                                                               ("stations", 0): 1.0, ("stations", 1): 0.7}
+    assert seeded[("stations", 1)].b_scale == 2.0  # tuned values stay in force
+    assert {r.campaign.analysis.length_factor for r in tuning_runs(suite, experiment)} == {1.0}  # tuning seed 0
+    raw["methods"][1]["seeded"] = {5: {"length_factor": 0.7}}
+    with pytest.raises(ValueError, match=r"seeds \[5\] outside"):
+        SuiteConfig.model_validate(raw)
     with pytest.raises(ValueError, match="unknown networks"):
         SuiteConfig.model_validate({**_suite_dict(world), "methods": [
             {"name": "3dvar", "analysis": {"kind": "threedvar"}, "tuned": {"swath": {"b_scale": 2}}}]})

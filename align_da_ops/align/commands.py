@@ -70,7 +70,9 @@ def align_command(
     pairs: Optional[Path] = typer.Option(None, help="Preference data (Zarr); built if missing. Default data/<name>/preferences-<variant>.zarr."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Aligned prior; default data/<name>/prior-aligned-<variant>.pt."),
     export: Optional[Path] = typer.Option(None, help="Also write an inference-only copy here."),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="Seed of the candidates and the pairing (part of the preference data's identity)."),
+    align_seed: Optional[int] = typer.Option(None, min=0, help="Seed of the alignment's minibatches and noise (default: "
+                                             "--seed); alignment seeds over one preference store reuse it."),
     workers: int = typer.Option(0, min=0, help="dask workers scoring preference cases side by side (0: one per core, "
                                 "at most one per case; 1: in this process). Pairs do not depend on it at equal threads."),
     threads: int = typer.Option(0, min=0, help="torch CPU threads per worker (0: the cores shared out among the workers; "
@@ -140,7 +142,8 @@ def align_command(
         })
         out.print(f"wrote {pairs_path}: {built['counts']} (hash {digest})")
     data = prefs.read_pairs(pairs_path)
-    settings = AlignSettings(loss=loss, beta=beta, lr=lr, steps=steps, batch_size=batch_size, seed=seed)
+    settings = AlignSettings(loss=loss, beta=beta, lr=lr, steps=steps, batch_size=batch_size,
+                             seed=seed if align_seed is None else align_seed)
     target = output or default_aligned(cfg.name, variant)
     with progress_bar("alignment", total=steps) as bar:
         history = align(prior_path, data, target, settings, device,
