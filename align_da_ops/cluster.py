@@ -104,12 +104,13 @@ def open_client(workers: int = 1, threads: int = 1, scheduler: str | None = None
 
 
 def run_tasks(client, fn: Callable, items: Iterable, *args, keys: list[str] | None = None,
-              on_done: Callable[[int, int, int], None] | None = None, **kwargs) -> list:
+              on_done: Callable[[int, int, int], None] | None = None,
+              on_result: Callable[[int, Any], None] | None = None, **kwargs) -> list:
     """[fn(item, *args, **kwargs) for item in items] computed on the cluster, in the order of `items`.
 
-    The first task error is raised (after the other tasks are cancelled); `on_done(index, done, total)`
-    is called as each task finishes (`index` into `items`). `keys` name the tasks (dashboard, logs);
-    they must be unique.
+    The first task error is raised (after the other tasks are cancelled); `on_result(index, result)`, then
+    `on_done(index, done, total)` are called as each task finishes (`index` into `items`), so a caller can
+    keep each result as it comes. `keys` name the tasks (dashboard, logs); they must be unique.
     """
     from distributed import as_completed
 
@@ -121,6 +122,8 @@ def run_tasks(client, fn: Callable, items: Iterable, *args, keys: list[str] | No
     index = {f.key: i for i, f in enumerate(futures)}
     try:
         for done, future in enumerate(as_completed(futures), start=1):
+            if on_result:
+                on_result(index[future.key], future.result())
             if on_done:
                 on_done(index[future.key], done, len(futures))
         return client.gather(futures)

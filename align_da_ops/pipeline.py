@@ -98,11 +98,15 @@ def run_chain(config_path: Path, cfg: ExperimentConfig, workdir: Path, settings:
                                     geo_reference="climatology")
     made = prefs.read_pairs(paths["pairs"]) if paths["pairs"].exists() else {}
     if made.get("prior") != prior.content_hash or made.get("settings") != dataclasses.asdict(pset):
-        cases = prefs.cases_from_states(states, layout, model, cfg.splits.train.start, cfg.splits.train.end, pset)
+        cases = list(prefs.cases_from_states(states, layout, model, cfg.splits.train.start, cfg.splits.train.end, pset))
+        provenance = {"prior": prior.content_hash, "autoencoder": ae.content_hash,
+                      "forecast_model": model.content_hash, "source": "nature run train split"}
+        d_reference = climatological_imbalance(cfg)
+        journal = prefs.journal_for(paths["pairs"], provenance, pset, d_reference, cases)
         built = prefs.build(cases, ae, prior, model, layout, states[grid.LAT].values, states[grid.LON].values, pset,
-                            d_reference=climatological_imbalance(cfg))
-        prefs.write_pairs(paths["pairs"], built, pset, {"prior": prior.content_hash, "autoencoder": ae.content_hash,
-                                                        "forecast_model": model.content_hash, "source": "nature run train split"})
+                            d_reference=d_reference, journal=journal)
+        prefs.write_pairs(paths["pairs"], built, pset, provenance)
+        journal.discard()
     say(f"6/7 alignment ({settings.align_loss.upper()})")
     aset = AlignSettings(loss=settings.align_loss, beta=settings.align_beta, lr=settings.align_lr, steps=settings.align_steps,
                          batch_size=4 if quick else 32, checkpoint_every=100)

@@ -153,8 +153,9 @@ def test_local_shape_never_oversubscribes_the_cores():
         assert client is None
 
 
-def test_preference_cases_on_two_workers_give_the_serial_pairs(latent_models, one_thread):
+def test_preference_cases_on_two_workers_give_the_serial_pairs(latent_models, one_thread, tmp_path):
     from align_da_ops.align import preferences as prefs
+    from align_da_ops.align.journal import CaseJournal
     from align_da_ops.data.sources import layout_of, open_states
     from align_da_ops.diffusion import checkpoint as prior_io
 
@@ -169,9 +170,17 @@ def test_preference_cases_on_two_workers_give_the_serial_pairs(latent_models, on
     with open_client(workers=2, threads=1) as client:
         parallel = prefs.build(cases, ae, prior, forecast, layout, lat, lon, settings, client=client,
                                on_case=lambda done, pairs: progress.append(done))
+        # a cut-off serial build's journal (cases 0 and 1 kept) is finished on the workers: the same pairs
+        journal = CaseJournal(tmp_path / "pairs.zarr.cases", {"test": "resume"})
+        for i in (0, 1):
+            journal.save(i, prefs._journal_item(prefs.score_case(cases[i], ae, prior, forecast, layout, lat, lon,
+                                                                 settings)))
+        resumed = prefs.build(cases, ae, prior, forecast, layout, lat, lon, settings, client=client, journal=journal)
+    assert journal.done() == [0, 1, 2, 3]
     assert serial["counts"] == parallel["counts"] and serial["counts"]["cases"] == 4 and sorted(progress) == [1, 2, 3, 4]
     for key, value in serial["tensors"].items():
         assert torch.equal(value, parallel["tensors"][key]), key
+        assert torch.equal(value, resumed["tensors"][key]), key
     assert prefs.data_hash(serial["tensors"], settings) == prefs.data_hash(parallel["tensors"], settings)
 
 

@@ -188,6 +188,7 @@ def test_cli_builds_deployed_preference_data_from_repeated_archives(cycled, mode
     assert data["settings"]["guidance"] == "dps" and data["settings"]["geo_reference"] == "climatology"
     assert data["geo_reference_imbalance"] == pytest.approx(climatological_imbalance(cfg), rel=1e-12)
     assert data["counts"]["cases"] == 4 and data["counts"]["pairs"] > 0
+    assert not pairs.with_name("pairs.zarr.cases").exists()  # the build's journal goes once the store is written
     assert data["source"].startswith(f"archives {path}, {path} (train split")
     assert sorted({str(np.datetime64(int(t), "s"))[:13] for t in data["case_time"]}) == TRAIN
     # a second alignment seed reuses the store (same hash) and aligns with other minibatches
@@ -201,3 +202,37 @@ def test_cli_builds_deployed_preference_data_from_repeated_archives(cycled, mode
     assert first["lineage"]["preference_data"] == second["lineage"]["preference_data"] == digest
     assert (first["lineage"]["settings"]["seed"], second["lineage"]["settings"]["seed"]) == (0, 1)
     assert any(not torch.equal(a, b) for a, b in zip(first["state_dict"].values(), second["state_dict"].values()))
+
+
+def test_cut_off_build_resumes_from_its_journal_with_the_same_pairs(cycled, models, tmp_path, monkeypatch, one_thread):
+    from align_da_ops.align.journal import CaseJournal
+
+    cfg, _, path = cycled
+    ae, forecast, prior, _, _ = models
+    layout, (lat, lon) = layout_of(cfg), _grid(cfg)
+    settings = prefs.PreferenceSettings(**SMALL, guidance="dps")
+    cases = list(prefs.archive_cases(cfg, [path, path], settings))
+    assert len(cases) == 4
+    clean = prefs.build(cases, ae, prior, forecast, layout, lat, lon, settings)
+
+    def crash(done, pairs):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    journal = CaseJournal(tmp_path / "p.zarr.cases", {"build": 1})
+    with pytest.raises(KeyboardInterrupt):
+        prefs.build(cases, ae, prior, forecast, layout, lat, lon, settings, on_case=crash, journal=journal)
+    assert journal.done() == [0, 1]
+    scored = []
+    real = prefs.score_case
+    monkeypatch.setattr(prefs, "score_case", lambda case, *a, **k: scored.append(case.time) or real(case, *a, **k))
+    resumed = prefs.build(cases, ae, prior, forecast, layout, lat, lon, settings,
+                          journal=CaseJournal(tmp_path / "p.zarr.cases", {"build": 1}))
+    assert scored == [cases[2].time, cases[3].time]  # only the cases the cut-off build had not kept
+    assert resumed["counts"] == clean["counts"]
+    for key, value in clean["tensors"].items():
+        assert torch.equal(value, resumed["tensors"][key]), key
+    # a torn item is redone, another build's journal is discarded, never mixed in
+    (tmp_path / "p.zarr.cases" / "case-000000.pt").write_bytes(b"torn")
+    assert CaseJournal(tmp_path / "p.zarr.cases", {"build": 1}).load(0) is None
+    assert CaseJournal(tmp_path / "p.zarr.cases", {"build": 2}).done() == []

@@ -67,7 +67,7 @@ def align_command(
                                      "or gaussian."),
     geo_reference: str = typer.Option("climatology", help="Geo-Score's reference imbalance: climatology (the nature "
                                       "run's train-split mean; truth-free) or truth (the truth's at that time, as before)."),
-    pairs: Optional[Path] = typer.Option(None, help="Preference data (Zarr); built if missing. Default data/<name>/preferences-<variant>.zarr."),
+    pairs: Optional[Path] = typer.Option(None, help="Preference data (Zarr); built if missing (a cut-off build resumes from the cases kept in PAIRS.cases). Default data/<name>/preferences-<variant>.zarr."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Aligned prior; default data/<name>/prior-aligned-<variant>.pt."),
     export: Optional[Path] = typer.Option(None, help="Also write an inference-only copy here."),
     seed: int = typer.Option(0, help="Seed of the candidates and the pairing (part of the preference data's identity)."),
@@ -131,15 +131,16 @@ def align_command(
             cases = list(prefs.cases_from_states(training_trajectory(cfg), layout, model, train.start, train.end, psettings))
         from align_da_ops.cluster import client_for
 
+        provenance = {"prior": reference.content_hash, "autoencoder": ae.content_hash,
+                      "forecast_model": model.content_hash, "source": source}
+        journal = prefs.journal_for(pairs_path, provenance, psettings, d_reference, cases)
         with client_for(len(cases), workers, threads, scheduler) as client, \
                 progress_bar("preference cases", total=len(cases)) as bar:
             built = prefs.build(cases, ae, reference, model, layout, states[grid.LAT].values, states[grid.LON].values,
                                 psettings, on_case=lambda i, n: bar(i, description=f"cases ({n} pairs)"), client=client,
-                                d_reference=d_reference)
-        digest = prefs.write_pairs(pairs_path, built, psettings, {
-            "prior": reference.content_hash, "autoencoder": ae.content_hash, "forecast_model": model.content_hash,
-            "source": source,
-        })
+                                d_reference=d_reference, journal=journal)
+        digest = prefs.write_pairs(pairs_path, built, psettings, provenance)
+        journal.discard()
         out.print(f"wrote {pairs_path}: {built['counts']} (hash {digest})")
     data = prefs.read_pairs(pairs_path)
     settings = AlignSettings(loss=loss, beta=beta, lr=lr, steps=steps, batch_size=batch_size,

@@ -36,6 +36,9 @@ train split, on the trajectory each archive cycled, whose forecast-reward truth
 also lies in the train split), so a running system can keep aligning itself on
 its own backgrounds.
 
+A build is resumable: with a journal (`journal_for`: PAIRS.cases beside the store) each scored case is kept
+as it finishes, and a rerun of the same build (same models, source, settings and cases) scores only the
+cases the cut-off one had not finished; the journal goes once the store is written.
 Stored as a Zarr group (written to a temporary directory, then renamed):
 arrays z_winner, z_loser, z_background (P, Cz, h, w), rewards_winner,
 rewards_loser (P, 4: accuracy, forecast, geo, hydro), case_time (P,); attrs:
@@ -63,11 +66,13 @@ from align_da_ops.align.rewards import score_samples
 from align_da_ops.analysis.latent_diffusion import LatentDiffusion, LatentDiffusionConfig
 from align_da_ops.diffusion.samplers import Sampler
 from align_da_ops.errors import InputDataError
+from align_da_ops.logs import get_logger
 from align_da_ops.obs.batch import ObsBatch
 
 REWARDS = ("accuracy", "forecast", "geo", "hydro")
 GUIDANCE = ("obs_free", "dps")
 GEO_REFERENCES = ("truth", "climatology")
+log = get_logger(__name__)
 _DPS_FIELDS = ("strength", "gamma", "clip", "jacobian", "min_obs_error")
 
 
@@ -213,9 +218,24 @@ def score_case(case: Case, autoencoder, prior, forecast_model, layout, latitudes
     return ScoredCase(case.time, z, z_b, torch.stack([rewards[k].float() for k in REWARDS], dim=1), winners, losers, q)
 
 
+def _seconds(time: np.datetime64) -> int:
+    return int(time.astype("datetime64[s]").astype(np.int64))
+
+
+def _journal_item(scored: ScoredCase) -> dict:
+    return {"time": _seconds(scored.time), "z": scored.z, "z_background": scored.z_background,
+            "rewards": scored.rewards, "winners": list(scored.winners), "losers": list(scored.losers),
+            "quantile": float(scored.quantile)}
+
+
+def _from_journal(item: dict) -> ScoredCase:
+    return ScoredCase(np.datetime64(item["time"], "s"), item["z"], item["z_background"], item["rewards"],
+                      list(item["winners"]), list(item["losers"]), float(item["quantile"]))
+
+
 def build(
     cases: Iterable[Case], autoencoder, prior, forecast_model, layout, latitudes, longitudes,
-    settings: PreferenceSettings, on_case=None, client=None, d_reference: float | None = None,
+    settings: PreferenceSettings, on_case=None, client=None, d_reference: float | None = None, journal=None,
 ) -> dict:
     """Score candidates for every case and collect de-duplicated pairs (tensors, counts, geo_reference_imbalance).
 
@@ -223,21 +243,56 @@ def build(
     case (the models broadcast to the workers once); pairing and de-duplication then run here in case
     order, so the pairs are the same either way. `on_case(cases done, pairs so far)`. `d_reference`:
     Geo-Score's climatological D_ref (`align.climatology`), required by and only by geo_reference
-    "climatology"."""
+    "climatology". `journal` (an `align.journal.CaseJournal` whose identity covers the cases, models and
+    settings): each scored case is kept there as it finishes and cases kept by an earlier, cut-off build
+    are read back instead of scored again (scoring is pure, so the pairs equal an uninterrupted build's)."""
     _check_reference(settings, d_reference)
+    cases = list(cases)
+    kept: dict[int, ScoredCase] = {}
+    for i in journal.done() if journal is not None else ():
+        item = journal.load(i) if i < len(cases) else None
+        if item is not None and item["time"] == _seconds(cases[i].time):
+            kept[i] = _from_journal(item)
+    if kept:
+        log.info("preference_build_resumed", cases_kept=len(kept), cases_left=len(cases) - len(kept))
+    todo = [i for i in range(len(cases)) if i not in kept]
+
+    def keep(i: int, scored: ScoredCase) -> None:
+        if journal is not None:
+            journal.save(i, _journal_item(scored))
+
     if client is None:
-        scored = (score_case(c, autoencoder, prior, forecast_model, layout, latitudes, longitudes, settings, d_reference)
-                  for c in cases)
+        def score_all():
+            for i, case in enumerate(cases):
+                if i not in kept:
+                    kept[i] = score_case(case, autoencoder, prior, forecast_model, layout, latitudes, longitudes,
+                                         settings, d_reference)
+                    keep(i, kept[i])
+                yield kept.pop(i)
+
+        scored = score_all()
     else:
         from align_da_ops.cluster import run_tasks
 
         models = [client.scatter(m, broadcast=True, hash=False) for m in (autoencoder, prior, forecast_model)]
-        cases = list(cases)
-        scored = run_tasks(client, score_case, cases, *models, layout, latitudes, longitudes, settings, d_reference,
-                           keys=[f"preference-case-{i}" for i in range(len(cases))],
-                           on_done=(lambda i, done, n: on_case(done, 0)) if on_case else None)
+        results = run_tasks(client, score_case, [cases[i] for i in todo], *models, layout, latitudes, longitudes,
+                            settings, d_reference, keys=[f"preference-case-{i}" for i in todo],
+                            on_result=lambda j, s: keep(todo[j], s),
+                            on_done=(lambda j, done, n: on_case(len(kept) + done, 0)) if on_case else None)
+        kept.update(zip(todo, results))
+        scored = [kept[i] for i in range(len(cases))]
         on_case = None
     return {**pair_cases(scored, settings, on_case), "geo_reference_imbalance": d_reference}
+
+
+def journal_for(pairs_path: Path, provenance: dict, settings: PreferenceSettings, d_reference, cases):
+    """The case journal of a build of `pairs_path` (beside it, PAIRS.cases), identified by the models and
+    source (`provenance`), the settings, D_ref and the case times: a rerun of the same build resumes from it."""
+    from align_da_ops.align.journal import CaseJournal
+
+    return CaseJournal(Path(pairs_path).with_name(Path(pairs_path).name + ".cases"), {
+        **provenance, "settings": dataclasses.asdict(settings), "d_reference": d_reference,
+        "cases": [str(c.time) for c in cases]})
 
 
 def pair_cases(scored: Iterable[ScoredCase], settings: PreferenceSettings, on_case=None) -> dict:
