@@ -67,8 +67,12 @@ def test_dynamical_core_handles_ensembles_and_is_deterministic(truth_and_model):
     pair = torch.stack([x[0], x[1]])[None]  # (1, 2, C, lat, lon)
     out = model.step(pair)
     assert out.shape == pair.shape
-    # batching changes float32 summation order only: ~1e-5 of the geopotential scale
-    torch.testing.assert_close(out[0, 0], model.step(x[0:1])[0], atol=1.0, rtol=1e-4)
+    # batching changes float32 summation order only: differences stay within 1e-3 of each channel's
+    # range (measured 1.6e-4 here, 3.8e-4 in a full CI run); mixing members up would be O(1)
+    one = model.step(x[0:1])[0]
+    channel_range = one.amax(dim=(1, 2)) - one.amin(dim=(1, 2))
+    relative = (out[0, 0] - one).abs().amax(dim=(1, 2)) / channel_range
+    assert float(relative.max()) < 1e-3, relative
     torch.testing.assert_close(model.step(x[0:1]), model.step(x[0:1]), atol=0, rtol=0)
 
 
