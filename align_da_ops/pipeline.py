@@ -51,7 +51,8 @@ def run_chain(config_path: Path, cfg: ExperimentConfig, workdir: Path, settings:
     from align_da_ops.align.dpo import AlignSettings, align
     from align_da_ops.campaign import CampaignConfig
     from align_da_ops.data import nature_run as nr
-    from align_da_ops.data.sources import layout_of, normalization_path, read_normalization, training_trajectory
+    from align_da_ops.data.sources import (layout_of, normalization_path, open_states, read_normalization,
+                                          training_trajectory)
     from align_da_ops.devices import resolve_device
     from align_da_ops.diffusion.checkpoint import load_prior
     from align_da_ops.diffusion.training import PriorSettings, train_prior
@@ -130,5 +131,6 @@ def run_chain(config_path: Path, cfg: ExperimentConfig, workdir: Path, settings:
     ctx = build_context(CampaignConfig.model_validate(raw), cfg)
     replay(ctx, ctx.campaign.first, ctx.campaign.last)
     norm = read_normalization(normalization_path(cfg))
-    scores = evaluation.archive_scores(ctx.archive, states, ctx.campaign.name, norm=norm)
+    # the cycles ran on data.member's trajectory (held out when the train split lists other members)
+    scores = evaluation.archive_scores(ctx.archive, open_states(cfg), ctx.campaign.name, norm=norm)
     return {"paths": paths, "campaign": campaign_file, "scores": scores}
